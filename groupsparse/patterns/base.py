@@ -36,6 +36,7 @@ def keep_lowest_pruned(unit_scores: torch.Tensor, unit_sizes: torch.Tensor, spar
 
     Units are ranked by their mean score per element (so units of unequal size compare fairly);
     the lowest are pruned first, ties broken by position so the result is deterministic.
+    At least one unit is always kept: a sparsity below 1 never empties the matrix.
     Returns a boolean vector over units (True = kept).
     """
     sizes = unit_sizes.to(torch.float64)
@@ -46,7 +47,7 @@ def keep_lowest_pruned(unit_scores: torch.Tensor, unit_sizes: torch.Tensor, spar
     pruned_after = torch.cumsum(sizes[order], 0)  # elements pruned once the first i+1 units go
     # number of units to prune: the count whose pruned total is nearest the target
     candidates = torch.cat([pruned_after.new_zeros(1), pruned_after])
-    count = int(torch.argmin((candidates - target).abs()))
+    count = min(int(torch.argmin((candidates - target).abs())), unit_scores.numel() - 1)
     keep = torch.ones(unit_scores.numel(), dtype=torch.bool)
     keep[order[:count]] = False
     return keep

@@ -74,7 +74,8 @@ class GroupWise(Pattern):
         return True
 
     def unit_elements(self, rows: int, columns: int) -> int:
-        return min(self.group_size, rows)
+        # balanced groups keep the same count, so the smallest step is one column in every group
+        return rows if self.balanced else min(self.group_size, rows)
 
     def describe(self) -> str:
         return f"group G={self.group_size}" + ("" if self.balanced else " unbalanced")
