@@ -1,0 +1,50 @@
+"""capture: a model as an fx GraphModule - torch.fx.symbolic_trace where it can follow the
+model, torch.export (non-strict, dynamic sizes) where it cannot (transformers' BERT, ViT)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+__all__ = ["CaptureError", "capture"]
+
+
+class CaptureError(RuntimeError):
+    """Neither symbolic tracing nor torch.export could capture the model."""
+
+
+def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule:
+    from torch.export import Dim
+
+    dims = tuple(
+        {axis: Dim.AUTO for axis in range(value.dim())} if isinstance(value, torch.Tensor) else None
+        for value in example_inputs
+    )
+    try:
+        program = torch.export.export(model, example_inputs, dynamic_shapes=dims, strict=False)
+    except Exception:  # some models only export with static sizes
+        program = torch.export.export(model, example_inputs, strict=False)
+    return program.module()
+
+
+def capture(model: nn.Module, example_inputs: tuple[Any, ...], how: str = "auto") -> tuple[fx.GraphModule, str]:
+    """(GraphModule, how it was captured: "symbolic_trace" or "export")."""
+    if how not in ("auto", "symbolic_trace", "export"):
+        raise ValueError(f"capture must be 'auto', 'symbolic_trace' or 'export'; got {how!r}")
+    errors = []
+    if how in ("auto", "symbolic_trace"):
+        try:
+            return fx.symbolic_trace(model), "symbolic_trace"
+        except Exception as error:
+            errors.append(f"symbolic_trace: {type(error).__name__}: {error}")
+    if how in ("auto", "export"):
+        try:
+            return _export(model, example_inputs), "export"
+        except Exception as error:
+            errors.append(f"torch.export: {type(error).__name__}: {error}")
+    raise CaptureError(
+        f"could not capture {type(model).__name__} as a graph:\n  " + "\n  ".join(errors)
+        + "\nTry torch.compile(model, backend='groupsparse'), which compiles the parts Dynamo can capture."
+    )

@@ -1,0 +1,172 @@
+"""compile_sparse: a pruned model in, a faster module computing the same function out."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from ..passes import CompileContext, CompileOptions
+from ..passes.common import META_INPUT, META_LAYER, META_PLAN, META_STRUCTURE
+from .capture import capture
+from .pipeline import run_pipeline
+from .report import Report, ReportRow
+
+__all__ = ["SparseModule", "compile_sparse"]
+
+_BACKENDS = ("auto", "cpu", "cuda")
+
+
+class SparseModule(nn.Module):
+    """The compiled model: a rewritten GraphModule, its per-layer ``report`` and ``plans``.
+
+    Its state_dict holds the plans' packed weights and kept columns as buffers.
+    """
+
+    def __init__(self, graph_module: fx.GraphModule, report: Report, steps: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self.report = report
+        self.steps = steps  # (pass name, graph code after it), for inspection
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.graph_module(*args, **kwargs)
+
+    @property
+    def graph(self) -> fx.Graph:
+        return self.graph_module.graph
+
+    @property
+    def code(self) -> str:
+        return self.graph_module.code
+
+
+def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, list):
+        return tuple(example_inputs)
+    if not isinstance(example_inputs, tuple):
+        raise TypeError(
+            "example_inputs must be a tensor or a tuple of the model's positional inputs; got "
+            f"{type(example_inputs).__name__}"
+        )
+    return example_inputs
+
+
+def _check_backend(backend: str, model: nn.Module, example_inputs: tuple[Any, ...]) -> None:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {_BACKENDS}; got {backend!r}")
+    devices = {t.device.type for t in [*model.parameters(), *model.buffers()]}
+    devices |= {x.device.type for x in example_inputs if isinstance(x, torch.Tensor)}
+    if backend == "cpu" and devices - {"cpu"}:
+        raise ValueError(f"backend='cpu' needs the model and inputs on the CPU; found {sorted(devices)}")
+    if backend == "cuda":
+        from ..runtime.ops import _backend
+
+        if devices != {"cuda"}:
+            raise ValueError(
+                "backend='cuda' needs the model and example inputs on a CUDA device "
+                f"(model.cuda()); found {sorted(devices) or ['no tensors']}"
+            )
+        _backend(torch.device("cuda"))  # raises BackendUnavailable with what to install
+
+
+def _apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Zero the masked weights of (the copy of) the model; returns the masks by parameter name."""
+    parameters = dict(model.named_parameters())
+    resolved = {}
+    for key, mask in masks.items():
+        name = key if key in parameters else f"{key}.weight"
+        if name not in parameters:
+            raise KeyError(
+                f"masks names {key!r}, which is not a parameter or layer of the model; "
+                f"prunable weights: {[n for n in parameters if n.endswith('weight')][:8]}..."
+            )
+        parameter = parameters[name]
+        mask = torch.as_tensor(mask)
+        if mask.numel() != parameter.numel():
+            raise ValueError(
+                f"mask for {name!r} has {mask.numel()} elements but the weight has shape "
+                f"{tuple(parameter.shape)}"
+            )
+        mask = mask.reshape(parameter.shape).to(device=parameter.device, dtype=torch.bool)
+        with torch.no_grad():
+            parameter.mul_(mask)
+        resolved[name] = mask
+    return resolved
+
+
+def compile_sparse(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    masks: Mapping[str, torch.Tensor] | None = None,
+    backend: str = "auto",
+    decide: str = "time",
+    kernel: str = "grouped",
+    exclude: tuple[str, ...] | list[str] = (),
+    min_speedup: float = 1.05,
+    capture_with: str = "auto",
+) -> SparseModule:
+    """Compile a pruned model: group-wise sparse conv2d/linear layers become one gather plus
+    one grouped GEMM each; every other layer, and any that would not be faster, stays dense.
+
+    The model is not changed: the result is a new module, for inference (eval mode).
+
+    Args:
+        model: the pruned model (zeros in its weights, or ``masks``).
+        example_inputs: a tensor or tuple of positional inputs, used to capture the graph and
+            to time each layer's kernel against dense.
+        masks: {parameter or layer name: boolean mask}; by default the weights' zeros.
+        backend: "auto" (the tensors' device), "cpu" or "cuda".
+        decide: "time" (default), "cost" or "always"; see CompileOptions.
+        kernel: "grouped" (default) or "loop" (the earlier per-group implementation).
+        exclude: layer names (fnmatch patterns) to leave dense.
+
+    Example::
+
+        >>> model = gs.models.build_model("small-cnn")[0]
+        >>> gs.prune(model, pattern="group", sparsity=0.75, group_size=16)
+        >>> fast = gs.compile_sparse(model, torch.randn(1, 3, 32, 32))
+        >>> print(fast.report)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    example_inputs = _as_tuple(example_inputs)
+    _check_backend(backend, model, example_inputs)
+    options = CompileOptions(decide=decide, kernel=kernel, min_speedup=min_speedup)
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    work = copy.deepcopy(model).eval()
+    resolved = _apply_masks(work, masks or {})
+    with torch.no_grad():
+        try:
+            work(*example_inputs)
+        except Exception as error:
+            raise ValueError(
+                f"the model fails on example_inputs ({type(error).__name__}: {error}); pass the "
+                "inputs the model's forward takes, as a tensor or tuple"
+            ) from error
+    gm, how = capture(work, example_inputs, capture_with)
+    context = CompileContext(options=options, example_inputs=example_inputs, masks=resolved, exclude=tuple(exclude))
+    steps: list[tuple[str, str]] = [("capture", gm.code)]
+    gm = run_pipeline(gm, context, on_step=lambda name, graph_module, _: steps.append((name, graph_module.code)))
+    plans = [node.meta[META_PLAN] for node in gm.graph.nodes if META_PLAN in node.meta]
+    report = Report([ReportRow.from_plan(p) for p in plans], capture=how)
+    _forget_plan_tensors(gm)
+    return SparseModule(gm, report, steps)
+
+
+def _forget_plan_tensors(gm: fx.GraphModule) -> None:
+    """Drop compile-time data from node.meta (example inputs, unpacked structures) so the
+    compiled module does not hold it; the plans' tensors live on as buffers."""
+    for node in gm.graph.nodes:
+        for key in (META_INPUT, META_LAYER, META_STRUCTURE):
+            node.meta.pop(key, None)
+        if META_PLAN in node.meta:
+            node.meta[META_PLAN] = dataclasses.replace(node.meta[META_PLAN], weight=None, column_index=None, bias=None)

@@ -1,0 +1,57 @@
+"""The pass pipeline: a straight list of named steps, each with why it is there."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import fx
+
+from ..passes import (
+    CompileContext,
+    analyze,
+    cleanup,
+    find_prunable,
+    fuse_relu,
+    plan,
+    propagate_inputs,
+    rewrite_conv,
+    rewrite_linear,
+)
+
+__all__ = ["PIPELINE", "PassError", "run_pipeline"]
+
+PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...] = (
+    ("find_prunable", find_prunable),  # which calls are conv/linear with weights we can read
+    ("propagate_inputs", propagate_inputs),  # each layer's real input: shapes, dtype, timing data
+    ("analyze", analyze),  # the structure in each mask: group size and kept columns
+    ("plan", plan),  # pack weights once, and decide sparse or dense per layer
+    ("rewrite_conv", rewrite_conv),  # conv2d -> groupsparse.conv2d
+    ("rewrite_linear", rewrite_linear),  # linear -> groupsparse.linear
+    ("fuse_relu", fuse_relu),  # a following ReLU runs in the kernel's epilogue
+    ("cleanup", cleanup),  # the replaced weights and modules are dropped
+)
+
+
+class PassError(RuntimeError):
+    """A pass failed; the message names the pass and, where known, the node."""
+
+
+def run_pipeline(
+    gm: fx.GraphModule,
+    context: CompileContext,
+    on_step: Callable[[str, fx.GraphModule, Any], None] | None = None,
+) -> fx.GraphModule:
+    """Run every pass in order, linting and recompiling after each."""
+    for name, run in PIPELINE:
+        try:
+            result = run(gm, context)
+        except PassError:
+            raise
+        except Exception as error:
+            raise PassError(f"An error occurred in pass {name!r}: {error}") from error
+        gm.graph.lint()
+        gm.recompile()
+        if on_step is not None:
+            on_step(name, gm, result)
+    return gm

@@ -1,0 +1,31 @@
+"""One fx pass per file; each a plain function ``(GraphModule, CompileContext) -> result``.
+The pipeline (groupsparse.compiler.pipeline) lists them in order; see README.md here for the
+``node.meta`` keys each reads and writes."""
+
+from .analyze import LayerStructure, analyze, structure_of
+from .cleanup import cleanup
+from .common import CompileContext, CompileOptions, PrunableLayer, Refusal
+from .find_prunable import find_prunable
+from .fuse_relu import fuse_relu
+from .plan import LayerPlan, plan
+from .propagate_inputs import propagate_inputs
+from .rewrite_conv import rewrite_conv
+from .rewrite_linear import rewrite_linear
+
+__all__ = [
+    "CompileContext",
+    "CompileOptions",
+    "LayerPlan",
+    "LayerStructure",
+    "PrunableLayer",
+    "Refusal",
+    "analyze",
+    "cleanup",
+    "find_prunable",
+    "fuse_relu",
+    "plan",
+    "propagate_inputs",
+    "rewrite_conv",
+    "rewrite_linear",
+    "structure_of",
+]

@@ -1,0 +1,97 @@
+"""analyze: read each layer's sparsity structure from its mask or from the zeros of its weight."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from .common import META_LAYER, META_STRUCTURE, CompileContext, PrunableLayer
+
+__all__ = ["LayerStructure", "analyze", "structure_of"]
+
+
+@dataclass(frozen=True)
+class LayerStructure:
+    """The sparsity structure found in one layer's (M, K) mask.
+
+    ``pattern`` is "dense" (nothing pruned), "group" (G consecutive rows share a column set;
+    G = M is column pruning), "filter" (whole rows), or "irregular" (no shared column sets).
+    ``group_columns[g]`` are the kept columns of group g (rows g*G .. g*G+G-1).
+    """
+
+    pattern: str
+    group_size: int
+    group_columns: tuple[torch.Tensor, ...]
+    kept_fraction: float
+    mask_source: str  # "masks" or "zeros"
+
+    @property
+    def groups(self) -> int:
+        return len(self.group_columns)
+
+    @property
+    def balanced(self) -> bool:
+        return len({int(c.numel()) for c in self.group_columns}) <= 1
+
+
+def _group_size(mask: torch.Tensor) -> int:
+    """The largest G such that every run of G rows (the last may be shorter) shares one mask."""
+    rows = mask.shape[0]
+    if rows == 1:
+        return 1
+    changes = (mask[1:] != mask[:-1]).any(dim=1).nonzero().flatten() + 1  # rows that start a new run
+    size = 0
+    for start in changes.tolist():
+        size = math.gcd(size, start)
+    if size == 0:
+        return rows  # one run: every row shares one column set
+    # the last group may be shorter, but every boundary must sit on a multiple of G
+    return size
+
+
+def structure_of(mask: torch.Tensor, source: str) -> LayerStructure:
+    """The LayerStructure of an (M, K) boolean mask."""
+    rows, columns = mask.shape
+    kept_fraction = float(mask.sum()) / mask.numel()
+    if kept_fraction == 1.0:
+        return LayerStructure("dense", rows, (torch.arange(columns),), 1.0, source)
+    group_size = _group_size(mask)
+    pattern = "group"
+    if group_size == 1:
+        whole_rows = bool((mask.all(dim=1) | ~mask.any(dim=1)).all())
+        pattern = "filter" if whole_rows else "irregular"
+    group_columns = tuple(
+        mask[start].nonzero().flatten() for start in range(0, rows, group_size)
+    )
+    return LayerStructure(pattern, group_size, group_columns, kept_fraction, source)
+
+
+def _mask_for(layer: PrunableLayer, context: CompileContext) -> tuple[torch.Tensor, str]:
+    rows, columns = layer.gemm_shape
+    for key in (f"{layer.name}.weight", layer.name):
+        if key in context.masks:
+            mask = context.masks[key]
+            if mask.numel() != rows * columns:
+                raise ValueError(
+                    f"the mask given for {key!r} has shape {tuple(mask.shape)}, but the weight "
+                    f"has shape {tuple(layer.weight.shape)}"
+                )
+            return mask.reshape(rows, columns).to(torch.bool).cpu(), "masks"
+    return (layer.weight.reshape(rows, columns) != 0).cpu(), "zeros"
+
+
+def analyze(gm: fx.GraphModule, context: CompileContext) -> int:
+    """Guarantees: every marked layer has a LayerStructure in ``node.meta[META_STRUCTURE]``.
+    Returns how many layers are group-wise."""
+    grouped = 0
+    for node in gm.graph.nodes:
+        layer = node.meta.get(META_LAYER)
+        if layer is None:
+            continue
+        mask, source = _mask_for(layer, context)
+        node.meta[META_STRUCTURE] = structure_of(mask, source)
+        grouped += node.meta[META_STRUCTURE].pattern == "group"
+    return grouped

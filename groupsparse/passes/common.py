@@ -1,0 +1,242 @@
+"""What the passes share: the layer record they hand on through ``node.meta``, and how a
+graph's weights are read."""
+
+from __future__ import annotations
+
+import operator
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+__all__ = [
+    "CONV_FUNCTIONS",
+    "LINEAR_FUNCTIONS",
+    "META_LAYER",
+    "META_INPUT",
+    "META_STRUCTURE",
+    "META_PLAN",
+    "CompileContext",
+    "CompileOptions",
+    "PrunableLayer",
+    "Refusal",
+    "constant_value",
+    "layers_in",
+]
+
+# node.meta keys; passes/README.md says which pass writes and which reads each
+META_LAYER = "groupsparse.layer"
+META_INPUT = "groupsparse.input"
+META_STRUCTURE = "groupsparse.structure"
+META_PLAN = "groupsparse.plan"
+
+_aten = torch.ops.aten
+CONV_FUNCTIONS: dict[Any, int] = {
+    torch.conv1d: 1, F.conv1d: 1, _aten.conv1d.default: 1,
+    torch.conv2d: 2, F.conv2d: 2, _aten.conv2d.default: 2,
+    torch.conv3d: 3, F.conv3d: 3, _aten.conv3d.default: 3,
+}  # fmt: skip
+LINEAR_FUNCTIONS = {F.linear, torch._C._nn.linear, _aten.linear.default}
+
+
+class Refusal(str):
+    """A falsy answer from a ``should_*`` check that says why (printed by inspect)."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How compile_sparse decides and rewrites.
+
+    - ``decide``: "time" (time dense and sparse on the example input; keep the faster),
+      "cost" (a FLOP cost model only), "always" (rewrite every group-wise layer).
+    - ``kernel``: "grouped" (one gather + one batched GEMM) or "loop" (the earlier per-group
+      implementation; for benchmarks).
+    - ``min_speedup``: a layer is rewritten only when dense/sparse time reaches it.
+    - ``fuse_relu``: fold a following ReLU into the layer's kernel.
+    """
+
+    decide: str = "time"
+    kernel: str = "grouped"
+    min_speedup: float = 1.05
+    fuse_relu: bool = True
+    timing_runs: int = 7
+    max_kept_fraction: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.decide not in ("time", "cost", "always"):
+            raise ValueError(f"decide must be 'time', 'cost' or 'always'; got {self.decide!r}")
+        if self.kernel not in ("grouped", "loop"):
+            raise ValueError(f"kernel must be 'grouped' or 'loop'; got {self.kernel!r}")
+        if not self.min_speedup > 0:
+            raise ValueError(f"min_speedup must be positive; got {self.min_speedup!r}")
+        if not (isinstance(self.timing_runs, int) and self.timing_runs >= 1):
+            raise ValueError(f"timing_runs must be a positive integer; got {self.timing_runs!r}")
+
+
+@dataclass
+class CompileContext:
+    """What the pipeline knows beyond the graph: masks, example inputs, the values of
+    lifted parameters (Dynamo), and the options."""
+
+    options: CompileOptions
+    example_inputs: tuple[Any, ...]
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    placeholder_values: dict[str, torch.Tensor] = field(default_factory=dict)
+    placeholder_names: dict[str, str] = field(default_factory=dict)
+    exclude: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PrunableLayer:
+    """A conv or linear call found in the graph, with its weights' values."""
+
+    name: str  # the user's name for the layer (module path), e.g. "features.0"
+    kind: str  # "linear", "conv1d", "conv2d", "conv3d"
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] | str = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
+    padding_mode: str = "zeros"
+
+    @property
+    def gemm_shape(self) -> tuple[int, int]:
+        rows = self.weight.shape[0]
+        return rows, self.weight.numel() // rows
+
+
+def layers_in(gm: fx.GraphModule) -> list[fx.Node]:
+    """The nodes find_prunable marked, in graph order."""
+    return [node for node in gm.graph.nodes if META_LAYER in node.meta]
+
+
+def _attribute(gm: fx.GraphModule, target: str) -> Any:
+    value: Any = gm
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+_SOURCE_PARTS = re.compile(r"_(?:modules|parameters|buffers)\['([^']+)'\]|\.([A-Za-z_]\w*)")
+
+
+def readable_placeholder_name(node: fx.Node) -> str:
+    """``fn.features.0.weight``-style name of a parameter Dynamo lifted into a placeholder."""
+    grapharg = node.meta.get("grapharg")
+    source = getattr(grapharg, "source", None)
+    if source is None:
+        return node.name
+    parts = [a or b for a, b in _SOURCE_PARTS.findall(source.name())]
+    parts = [p for p in parts if p not in ("_modules", "_parameters", "_buffers")]
+    return ".".join(parts) if parts else node.name
+
+
+def constant_value(gm: fx.GraphModule, node: Any, context: CompileContext) -> torch.Tensor | None:
+    """The value of a weight argument when it is a constant of the graph: a get_attr, a lifted
+    parameter, or a product of those (torch.nn.utils.prune's ``weight_orig * weight_mask``)."""
+    if node is None:
+        return None
+    if not isinstance(node, fx.Node):
+        return node if isinstance(node, torch.Tensor) else None
+    if node.op == "get_attr":
+        value = _attribute(gm, node.target)
+        return value.detach() if isinstance(value, torch.Tensor) else None
+    if node.op == "placeholder":
+        value = context.placeholder_values.get(node.name)
+        return None if value is None else value.detach()
+    if node.op == "call_function" and node.target in (operator.mul, torch.mul, _aten.mul.Tensor):
+        left, right = (constant_value(gm, arg, context) for arg in node.args[:2])
+        if left is not None and right is not None:
+            return left * right
+    return None
+
+
+def constant_name(gm: fx.GraphModule, node: Any, context: CompileContext) -> str | None:
+    """The parameter name behind a weight argument (``features.0.weight``), if it has one."""
+    if not isinstance(node, fx.Node):
+        return None
+    if node.op == "get_attr":
+        return str(node.target)
+    if node.op == "placeholder":
+        return context.placeholder_names.get(node.name, node.name)
+    if node.op == "call_function" and node.target in (operator.mul, torch.mul, _aten.mul.Tensor):
+        name = constant_name(gm, node.args[0], context)
+        return name[: -len("_orig")] if name and name.endswith("_orig") else name
+    return None
+
+
+def module_layer(name: str, module: nn.Module) -> PrunableLayer | None:
+    """The layer record of an nn.Conv*d / nn.Linear module."""
+    weight = getattr(module, "weight", None)
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):  # torch.nn.utils.prune
+        weight = module.weight_orig * module.weight_mask
+    if not isinstance(weight, torch.Tensor):
+        return None
+    bias = getattr(module, "bias", None)
+    bias = None if bias is None else bias.detach()
+    if isinstance(module, nn.Linear):
+        return PrunableLayer(name, "linear", weight.detach(), bias)
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        kind = f"conv{len(module.kernel_size)}d"
+        if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            return None
+        return PrunableLayer(
+            name,
+            kind,
+            weight.detach(),
+            bias,
+            stride=tuple(module.stride),
+            padding=module.padding if isinstance(module.padding, str) else tuple(module.padding),
+            dilation=tuple(module.dilation),
+            groups=module.groups,
+            padding_mode=module.padding_mode,
+        )
+    return None
+
+
+def _ntuple(value: Any, dims: int) -> tuple[int, ...]:
+    if isinstance(value, (list, tuple)):
+        return tuple(int(v) for v in value) if len(value) == dims else tuple(int(value[0]) for _ in range(dims))
+    return tuple(int(value) for _ in range(dims))
+
+
+def function_layer(gm: fx.GraphModule, node: fx.Node, context: CompileContext) -> PrunableLayer | None:
+    """The layer record of a functional conv/linear call whose weight is a graph constant."""
+    args = list(node.args) + [None] * 7
+    kwargs = node.kwargs
+    weight_node = kwargs.get("weight", args[1])
+    bias_node = kwargs.get("bias", args[2])
+    weight = constant_value(gm, weight_node, context)
+    if weight is None:
+        return None
+    bias = constant_value(gm, bias_node, context)
+    if bias_node is not None and bias is None:
+        return None  # a bias computed at run time: leave the call alone
+    name = constant_name(gm, weight_node, context) or node.name
+    name = name[: -len(".weight")] if name.endswith(".weight") else name
+    if node.target in LINEAR_FUNCTIONS:
+        return PrunableLayer(name, "linear", weight, bias)
+    dims = CONV_FUNCTIONS[node.target]
+    stride = kwargs.get("stride", args[3] if args[3] is not None else 1)
+    padding = kwargs.get("padding", args[4] if args[4] is not None else 0)
+    dilation = kwargs.get("dilation", args[5] if args[5] is not None else 1)
+    groups = kwargs.get("groups", args[6] if args[6] is not None else 1)
+    if any(isinstance(v, fx.Node) for v in (stride, padding, dilation, groups)):
+        return None
+    return PrunableLayer(
+        name,
+        f"conv{dims}d",
+        weight,
+        bias,
+        stride=_ntuple(stride, dims),
+        padding=padding if isinstance(padding, str) else _ntuple(padding, dims),
+        dilation=_ntuple(dilation, dims),
+        groups=int(groups),
+    )

@@ -1,0 +1,216 @@
+"""plan: a frozen LayerPlan per layer - packed weights, kept columns, kernel - and the decision
+to rewrite it or leave it dense."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx
+
+from ..runtime import ops  # noqa: F401  (registers torch.ops.groupsparse)
+from .analyze import LayerStructure
+from .common import META_INPUT, META_LAYER, META_PLAN, META_STRUCTURE, CompileContext, PrunableLayer, Refusal
+
+__all__ = ["LayerPlan", "plan", "pack", "conv_geometry", "should_rewrite"]
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Everything a kernel needs for one layer, computed once at compile time."""
+
+    name: str
+    kind: str
+    rows: int  # M
+    columns: int  # K
+    group_size: int
+    groups: int
+    kept_columns: int  # k per group after padding to the largest group
+    kept_fraction: float
+    pattern: str
+    decision: str  # "sparse" or "dense"
+    kernel: str  # "grouped", "loop" or "dense"
+    reason: str
+    weight: torch.Tensor | None = field(default=None, repr=False)  # (groups, G, k)
+    column_index: torch.Tensor | None = field(default=None, repr=False)  # (groups, k)
+    bias: torch.Tensor | None = field(default=None, repr=False)
+    geometry: tuple[int, ...] = ()
+    flops_dense: int = 0
+    flops_sparse: int = 0
+    dense_ms: float | None = None
+    sparse_ms: float | None = None
+
+
+def _same_padding(size: int, dilation: int) -> tuple[int, int]:
+    total = dilation * (size - 1)
+    return total // 2, total - total // 2
+
+
+def conv_geometry(layer: PrunableLayer) -> tuple[int, ...]:
+    """(kh, kw, sh, sw, top, bottom, left, right, dh, dw) of a conv2d layer."""
+    kh, kw = layer.weight.shape[2], layer.weight.shape[3]
+    sh, sw = layer.stride
+    dh, dw = layer.dilation
+    if layer.padding == "same":
+        (top, bottom), (left, right) = _same_padding(kh, dh), _same_padding(kw, dw)
+    elif layer.padding == "valid":
+        top = bottom = left = right = 0
+    else:
+        top = bottom = layer.padding[0]
+        left = right = layer.padding[1]
+    return (kh, kw, sh, sw, top, bottom, left, right, dh, dw)
+
+
+def should_rewrite(layer: PrunableLayer, structure: LayerStructure, example: torch.Tensor | None) -> Refusal | bool:
+    """True when the layer can run as a grouped GEMM; otherwise a Refusal saying why."""
+    if layer.kind not in ("conv2d", "linear"):
+        return Refusal(f"{layer.kind} is not supported yet (conv2d and linear are)")
+    if layer.kind == "conv2d":
+        if layer.groups != 1:
+            return Refusal(f"grouped/depthwise conv (groups={layer.groups}) is left to the dense kernel")
+        if layer.padding_mode != "zeros":
+            return Refusal(f"padding_mode={layer.padding_mode!r} is not supported (only 'zeros')")
+        if example is not None and example.dim() != 4:
+            return Refusal(f"conv2d on a {example.dim()}-D input is not supported (4-D NCHW is)")
+    if example is None:
+        return Refusal("the example inputs never reach this layer, so it cannot be checked")
+    if not example.dtype.is_floating_point:
+        return Refusal(f"input dtype {example.dtype} is not a floating type")
+    if structure.pattern == "dense":
+        return Refusal("nothing is pruned")
+    if structure.pattern != "group":
+        return Refusal(f"pattern found is {structure.pattern}, not group-wise (no rows share column sets)")
+    return True
+
+
+def pack(layer: PrunableLayer, structure: LayerStructure, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(groups, G, k) packed weights and (groups, k) kept columns; smaller groups are padded
+    with zero weights (and a repeated valid column), a smaller last group with zero rows."""
+    rows, columns = layer.gemm_shape
+    matrix = layer.weight.reshape(rows, columns)
+    size = structure.group_size
+    kept = max(1, max(int(c.numel()) for c in structure.group_columns))
+    weight = torch.zeros(structure.groups, size, kept, dtype=dtype, device=matrix.device)
+    index = torch.zeros(structure.groups, kept, dtype=torch.int64, device=matrix.device)
+    for group, group_columns in enumerate(structure.group_columns):
+        start, stop = group * size, min((group + 1) * size, rows)
+        count = group_columns.numel()
+        group_columns = group_columns.to(matrix.device)
+        weight[group, : stop - start, :count] = matrix[start:stop, group_columns].to(dtype)
+        index[group, :count] = group_columns
+        if count:
+            index[group, count:] = group_columns[0]
+    return weight.contiguous(), index.contiguous()
+
+
+def _median_ms(fn, runs: int) -> float:
+    fn()  # warm-up (and first-touch of buffers)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def _dense_call(layer: PrunableLayer, x: torch.Tensor):
+    weight = layer.weight.to(x.dtype)
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    if layer.kind == "linear":
+        return lambda: F.linear(x, weight, bias)
+    return lambda: F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation)
+
+
+def sparse_call(plan_: LayerPlan, x: torch.Tensor, kernel: str):
+    """A zero-argument callable running the plan's kernel on ``x``."""
+    if plan_.kind == "linear":
+        op = torch.ops.groupsparse.linear_loop if kernel == "loop" else torch.ops.groupsparse.linear
+        return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, False, plan_.rows)
+    op = torch.ops.groupsparse.conv2d_loop if kernel == "loop" else torch.ops.groupsparse.conv2d
+    geometry = list(plan_.geometry)
+    return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, geometry, False, plan_.rows)
+
+
+def _flops(layer: PrunableLayer, x: torch.Tensor | None, kept_columns_total: int) -> tuple[int, int]:
+    """Multiply-adds x2 of the dense layer and of the grouped GEMM, on the example input."""
+    if x is None:
+        return 0, 0
+    rows, columns = layer.gemm_shape
+    if layer.kind == "linear":
+        positions = x.numel() // x.shape[-1]
+    elif layer.kind == "conv2d" and x.dim() == 4:
+        kh, kw, sh, sw, top, bottom, left, right, dh, dw = conv_geometry(layer)
+        out_h = (x.shape[2] + top + bottom - dh * (kh - 1) - 1) // sh + 1
+        out_w = (x.shape[3] + left + right - dw * (kw - 1) - 1) // sw + 1
+        positions = x.shape[0] * out_h * out_w
+    else:
+        positions = x.numel() // max(1, x.shape[1]) if x.dim() > 1 else 1
+    return 2 * rows * columns * positions, 2 * kept_columns_total * positions
+
+
+def _plan_layer(layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor | None, context: CompileContext) -> LayerPlan:
+    options = context.options
+    rows, columns = layer.gemm_shape
+    kept_total = sum(int(c.numel()) for c in structure.group_columns) * structure.group_size
+    flops_dense, flops_sparse = _flops(layer, x, min(kept_total, rows * columns) if structure.pattern == "group" else rows * columns)
+    base = dict(
+        name=layer.name, kind=layer.kind, rows=rows, columns=columns,
+        group_size=structure.group_size, groups=structure.groups,
+        kept_columns=max((int(c.numel()) for c in structure.group_columns), default=0),
+        kept_fraction=structure.kept_fraction, pattern=structure.pattern,
+        flops_dense=flops_dense, flops_sparse=flops_dense if structure.pattern != "group" else flops_sparse,
+    )  # fmt: skip
+    verdict = should_rewrite(layer, structure, x)
+    if not verdict:
+        return LayerPlan(**base, decision="dense", kernel="dense", reason=str(verdict))
+    weight, column_index = pack(layer, structure, x.dtype)
+    bias = None
+    if layer.bias is not None:  # padded like the rows, so the kernel adds it row for row
+        bias = torch.zeros(weight.shape[0] * weight.shape[1], dtype=x.dtype, device=weight.device)
+        bias[:rows] = layer.bias.to(x.dtype)
+    geometry = conv_geometry(layer) if layer.kind == "conv2d" else ()
+    candidate = LayerPlan(
+        **base, decision="sparse", kernel=options.kernel, reason="", weight=weight,
+        column_index=column_index, bias=bias, geometry=geometry,
+    )  # fmt: skip
+    padded_fraction = structure.groups * structure.group_size * candidate.kept_columns / (rows * columns)
+    if options.decide == "always":
+        return _with(candidate, reason="rewritten: decide='always'")
+    if options.decide == "cost":
+        if padded_fraction > options.max_kept_fraction:
+            return _dense(candidate, f"cost model: keeps {padded_fraction:.0%} of the GEMM (> {options.max_kept_fraction:.0%})")
+        return _with(candidate, reason=f"cost model: keeps {padded_fraction:.0%} of the GEMM")
+    x = x.to(weight.device)
+    with torch.no_grad():
+        dense_ms = _median_ms(_dense_call(layer, x), options.timing_runs)
+        sparse_ms = _median_ms(sparse_call(candidate, x, options.kernel), options.timing_runs)
+    timed = _with(candidate, dense_ms=dense_ms, sparse_ms=sparse_ms)
+    speedup = dense_ms / sparse_ms
+    if speedup < options.min_speedup:
+        return _dense(timed, f"would be slower: {speedup:.2f}x of dense on the example input (needs {options.min_speedup:.2f}x)")
+    return _with(timed, reason=f"{speedup:.2f}x faster than dense on the example input")
+
+
+def _with(plan_: LayerPlan, **changes) -> LayerPlan:
+    return LayerPlan(**{**plan_.__dict__, **changes})
+
+
+def _dense(plan_: LayerPlan, reason: str) -> LayerPlan:
+    return _with(plan_, decision="dense", kernel="dense", reason=reason, weight=None, column_index=None, bias=None)
+
+
+def plan(gm: fx.GraphModule, context: CompileContext) -> int:
+    """Guarantees: every marked layer has a LayerPlan in ``node.meta[META_PLAN]``; a plan whose
+    decision is "sparse" holds packed weights and kept columns and was checked to beat dense
+    (per ``options.decide``). Returns how many layers will be rewritten."""
+    rewritten = 0
+    for node in gm.graph.nodes:
+        layer = node.meta.get(META_LAYER)
+        if layer is None:
+            continue
+        node.meta[META_PLAN] = _plan_layer(layer, node.meta[META_STRUCTURE], node.meta.get(META_INPUT), context)
+        rewritten += node.meta[META_PLAN].decision == "sparse"
+    return rewritten

@@ -1,0 +1,47 @@
+"""Shared by rewrite_conv and rewrite_linear: swap a planned node for a custom-op call whose
+plan tensors live as buffers of the GraphModule."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import fx
+
+from .common import META_PLAN
+from .plan import LayerPlan
+
+__all__ = ["replace_with_op", "buffer_prefix"]
+
+
+def buffer_prefix(gm: fx.GraphModule, name: str) -> str:
+    """A fresh attribute-name prefix for a layer's plan buffers: ``groupsparse_features_0``."""
+    base = "groupsparse_" + re.sub(r"\W", "_", name)
+    prefix, suffix = base, 1
+    while hasattr(gm, f"{prefix}_weight"):
+        suffix += 1
+        prefix = f"{base}_{suffix}"
+    return prefix
+
+
+def _buffer(gm: fx.GraphModule, name: str, tensor: torch.Tensor | None) -> fx.Node | None:
+    if tensor is None:
+        return None
+    gm.register_buffer(name, tensor)
+    return gm.graph.get_attr(name)
+
+
+def replace_with_op(gm: fx.GraphModule, node: fx.Node, op, extra_args: tuple) -> fx.Node:
+    """Replace ``node`` by ``op(x, weight, columns, bias, *extra_args)``; returns the new node."""
+    plan: LayerPlan = node.meta[META_PLAN]
+    source = node.kwargs.get("input", node.args[0] if node.args else None)
+    prefix = buffer_prefix(gm, plan.name)
+    with gm.graph.inserting_before(node):
+        weight = _buffer(gm, f"{prefix}_weight", plan.weight)
+        columns = _buffer(gm, f"{prefix}_columns", plan.column_index)
+        bias = _buffer(gm, f"{prefix}_bias", plan.bias)
+        new = gm.graph.call_function(op, (source, weight, columns, bias, *extra_args))
+    new.meta.update(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return new

@@ -1,0 +1,26 @@
+"""rewrite_conv: planned conv2d layers become groupsparse.conv2d calls."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from .common import META_PLAN, CompileContext
+from .rewrite import replace_with_op
+
+__all__ = ["rewrite_conv"]
+
+
+def rewrite_conv(gm: fx.GraphModule, context: CompileContext) -> list[str]:
+    """Guarantees: every conv2d whose plan says "sparse" is a groupsparse.conv2d (or
+    conv2d_loop) call reading its plan from buffers; nothing else changes. Returns the layers."""
+    ops = torch.ops.groupsparse
+    rewritten = []
+    for node in list(gm.graph.nodes):
+        plan = node.meta.get(META_PLAN)
+        if plan is None or plan.decision != "sparse" or plan.kind != "conv2d":
+            continue
+        op = ops.conv2d_loop.default if plan.kernel == "loop" else ops.conv2d.default
+        replace_with_op(gm, node, op, (list(plan.geometry), False, plan.rows))
+        rewritten.append(plan.name)
+    return rewritten

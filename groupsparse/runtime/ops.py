@@ -1,0 +1,150 @@
+"""The groupsparse custom operators, registered with torch.library.
+
+Rewritten graphs call these, so they print readably (``groupsparse.conv2d``), keep their
+plans as buffers of the GraphModule, and compose with torch.compile and torch.export
+(each op has a fake kernel). The backend is picked by the input's device, at one place:
+``_backend``. Nothing here knows of fx.
+
+- ``groupsparse::conv2d(x, weight, columns, bias, geometry, relu, out_channels)``
+- ``groupsparse::linear(x, weight, columns, bias, relu, out_features)``
+- ``groupsparse::conv2d_loop`` / ``groupsparse::linear_loop``: the earlier per-group
+  implementation (one gather and one GEMM per group), kept for benchmarks.
+
+``weight`` is ``(groups, G, k)``, ``columns`` the kept im2col columns ``(groups, k)``;
+output channel ``g*G + r`` is row r of group g; channels past ``out_channels`` (padding of a
+smaller last group) are dropped.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+
+from . import cpu
+
+__all__ = ["conv2d", "linear", "conv2d_loop", "linear_loop", "BackendUnavailable"]
+
+
+class BackendUnavailable(RuntimeError):
+    """The tensors' device has no groupsparse backend here (say, CUDA without the cuda extra)."""
+
+
+def _backend(device: torch.device) -> ModuleType:
+    """The one dispatch point from a device to the module that implements the kernels."""
+    match device.type:
+        case "cpu":
+            return cpu
+        case "cuda":
+            try:
+                from . import cuda
+            except ImportError as error:  # the optional extra is missing
+                raise BackendUnavailable(
+                    f"groupsparse's CUDA backend could not be imported ({error}); install it with "
+                    "`pip install groupsparse[cuda]`, or run the model on the CPU"
+                ) from error
+            return cuda
+        case other:
+            raise BackendUnavailable(
+                f"groupsparse has no kernels for device type {other!r}; supported: cpu, cuda"
+            )
+
+
+def _check_inputs(x: torch.Tensor, weight: torch.Tensor, columns: torch.Tensor, op: str) -> None:
+    if x.dtype != weight.dtype:
+        raise TypeError(
+            f"groupsparse.{op}: the input is {x.dtype} but the layer was compiled for "
+            f"{weight.dtype}; convert the input, or compile the model again in {x.dtype}"
+        )
+    if x.device != weight.device:
+        raise RuntimeError(
+            f"groupsparse.{op}: the input is on {x.device} but the layer's weights are on "
+            f"{weight.device}; move the compiled module with .to({str(x.device)!r})"
+        )
+
+
+def _trim(out: torch.Tensor, channels: int, dim: int) -> torch.Tensor:
+    if out.shape[dim] == channels:
+        return out
+    return out.narrow(dim, 0, channels).contiguous()
+
+
+def _conv_shape(x: torch.Tensor, geometry: list[int], out_channels: int) -> tuple[int, ...]:
+    if x.dim() != 4:
+        raise ValueError(f"groupsparse.conv2d expects a 4-D (N, C, H, W) input; got {tuple(x.shape)}")
+    out_h, out_w = cpu.conv_output_size(x.shape[2], x.shape[3], tuple(geometry))
+    return (x.shape[0], out_channels, out_h, out_w)
+
+
+@torch.library.custom_op("groupsparse::conv2d", mutates_args=())
+def conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: list[int],
+    relu: bool,
+    out_channels: int,
+) -> torch.Tensor:
+    _check_inputs(x, weight, columns, "conv2d")
+    _conv_shape(x, geometry, out_channels)
+    out = _backend(x.device).grouped_conv2d(x, weight, columns, bias, tuple(geometry), relu)
+    return _trim(out, out_channels, 1)
+
+
+@torch.library.custom_op("groupsparse::conv2d_loop", mutates_args=())
+def conv2d_loop(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: list[int],
+    relu: bool,
+    out_channels: int,
+) -> torch.Tensor:
+    _check_inputs(x, weight, columns, "conv2d_loop")
+    _conv_shape(x, geometry, out_channels)
+    out = _backend(x.device).loop_conv2d(x, weight, columns, bias, tuple(geometry), relu)
+    return _trim(out, out_channels, 1)
+
+
+@torch.library.custom_op("groupsparse::linear", mutates_args=())
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    relu: bool,
+    out_features: int,
+) -> torch.Tensor:
+    _check_inputs(x, weight, columns, "linear")
+    out = _backend(x.device).grouped_linear(x, weight, columns, bias, relu)
+    return _trim(out, out_features, -1)
+
+
+@torch.library.custom_op("groupsparse::linear_loop", mutates_args=())
+def linear_loop(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    relu: bool,
+    out_features: int,
+) -> torch.Tensor:
+    _check_inputs(x, weight, columns, "linear_loop")
+    out = _backend(x.device).loop_linear(x, weight, columns, bias, relu)
+    return _trim(out, out_features, -1)
+
+
+def _fake_conv(x, weight, columns, bias, geometry, relu, out_channels):
+    return x.new_empty(_conv_shape(x, geometry, out_channels))
+
+
+def _fake_linear(x, weight, columns, bias, relu, out_features):
+    return x.new_empty((*x.shape[:-1], out_features))
+
+
+for _op in (conv2d, conv2d_loop):
+    _op.register_fake(_fake_conv)
+for _op in (linear, linear_loop):
+    _op.register_fake(_fake_linear)
