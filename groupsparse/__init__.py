@@ -1,5 +1,6 @@
 """groupsparse: a PyTorch compiler that makes pruned conv and linear layers actually faster."""
 
+from .compiler import Report, SparseModule, compile_sparse
 from .layers import from_gemm_view, gemm_view, prunable_layers
 from .patterns import (
     BlockWise,
@@ -17,7 +18,10 @@ __all__ = [
     "FilterWise",
     "GroupWise",
     "Pattern",
+    "Report",
+    "SparseModule",
     "VectorWise",
+    "compile_sparse",
     "from_gemm_view",
     "gemm_view",
     "prunable_layers",

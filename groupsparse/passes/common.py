@@ -124,7 +124,7 @@ def _attribute(gm: fx.GraphModule, target: str) -> Any:
     return value
 
 
-_SOURCE_PARTS = re.compile(r"_(?:modules|parameters|buffers)\['([^']+)'\]|\.([A-Za-z_]\w*)")
+_SOURCE_PARTS = re.compile(r"\['([^']+)'\]|\.([A-Za-z_]\w*)")
 
 
 def readable_placeholder_name(node: fx.Node) -> str:
@@ -133,7 +133,8 @@ def readable_placeholder_name(node: fx.Node) -> str:
     source = getattr(grapharg, "source", None)
     if source is None:
         return node.name
-    parts = [a or b for a, b in _SOURCE_PARTS.findall(source.name())]
+    text = source.name() if callable(source.name) else source.name
+    parts = [a or b for a, b in _SOURCE_PARTS.findall(text)][1:]  # [0] is the root local ("self")
     parts = [p for p in parts if p not in ("_modules", "_parameters", "_buffers")]
     return ".".join(parts) if parts else node.name
 
