@@ -11,20 +11,42 @@ from .patterns import (
     VectorWise,
     resolve_pattern,
 )
+from .pruning import (
+    Criterion,
+    Gradual,
+    Magnitude,
+    OneShot,
+    Pruner,
+    Random,
+    Taylor,
+    existing_masks,
+    prune,
+    resolve_criterion,
+)
 
 __all__ = [
     "BlockWise",
+    "Criterion",
     "ElementWise",
     "FilterWise",
+    "Gradual",
     "GroupWise",
+    "Magnitude",
+    "OneShot",
     "Pattern",
+    "Pruner",
+    "Random",
     "Report",
     "SparseModule",
+    "Taylor",
     "VectorWise",
     "compile_sparse",
+    "existing_masks",
     "from_gemm_view",
     "gemm_view",
     "prunable_layers",
+    "prune",
+    "resolve_criterion",
     "resolve_pattern",
 ]
 __version__ = "0.1.0"

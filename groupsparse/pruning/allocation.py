@@ -1,0 +1,252 @@
+"""Which layers are pruned, and how much each: the result is ``{layer name: sparsity}``.
+
+- ``"uniform"``: every layer gets the target sparsity.
+- ``"global"``: one score threshold across all layers, on the mean score of each pattern unit,
+  so layers with less important weights lose more. A per-layer cap (0.98, or less where the
+  pattern cannot go that far) keeps every layer alive. The element-weighted average of the
+  per-layer sparsities is the target.
+- ``{layer name: sparsity}``: exactly those layers at those sparsities; the other layers get
+  ``sparsity`` when it is given and are left dense when it is not.
+
+Layers are excluded by name (a list of names or fnmatch globs), by rule (``"first"``,
+``"last"``, ``"first_last"``, in registration order) or by a ``callable(name, module) -> bool``.
+
+>>> select_layers(model, exclude="first_last")
+{'features.3': Conv2d(...), 'classifier.0': Linear(...)}
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable, Mapping
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..layers import PRUNABLE_TYPES, prunable_layers
+from ..patterns import (
+    BlockWise,
+    ElementWise,
+    FilterWise,
+    GroupWise,
+    Pattern,
+    VectorWise,
+    check_sparsity,
+    group_bounds,
+)
+
+__all__ = [
+    "ALLOCATIONS",
+    "EXCLUDE_RULES",
+    "LAYER_CAP",
+    "Allocation",
+    "Exclude",
+    "final_targets",
+    "global_allocation",
+    "select_layers",
+]
+
+ALLOCATIONS = ("uniform", "global")
+EXCLUDE_RULES = ("first", "last", "first_last")
+LAYER_CAP = 0.98  # global allocation never prunes a layer beyond this
+
+Allocation = Union[str, Mapping[str, float]]
+Exclude = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
+
+
+def _names_hint(names: Iterable[str], limit: int = 12) -> str:
+    names = [repr(name) for name in names]
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def select_layers(model: nn.Module, exclude: Exclude = None) -> dict[str, nn.Module]:
+    """{layer name: module} of the conv and linear layers to prune, after ``exclude``."""
+    layers = dict(prunable_layers(model))
+    if not layers:
+        kinds = ", ".join(f"nn.{kind.__name__}" for kind in PRUNABLE_TYPES)
+        raise ValueError(f"model has no prunable layer: groupsparse prunes {kinds}")
+    excluded = _excluded(layers, exclude)
+    selected = {name: module for name, module in layers.items() if name not in excluded}
+    if not selected:
+        raise ValueError(f"exclude={exclude!r} leaves no layer to prune; layers: {_names_hint(layers)}")
+    return selected
+
+
+def _excluded(layers: Mapping[str, nn.Module], exclude: Exclude) -> set[str]:
+    names = list(layers)
+    match exclude:
+        case None:
+            return set()
+        case "first":
+            return {names[0]}
+        case "last":
+            return {names[-1]}
+        case "first_last":
+            return {names[0], names[-1]}
+        case str():
+            raise ValueError(
+                f"exclude={exclude!r} is not a rule; allowed: {', '.join(map(repr, EXCLUDE_RULES))}, "
+                "a list of layer names or globs, or a callable(name, module) -> bool"
+            )
+        case _ if callable(exclude):
+            return {name for name, module in layers.items() if exclude(name, module)}
+        case _ if isinstance(exclude, Iterable):
+            excluded = set()
+            for pattern in exclude:
+                if not isinstance(pattern, str):
+                    raise TypeError(f"exclude must list layer names or globs; got {pattern!r}")
+                matched = fnmatch.filter(names, pattern)
+                if not matched:
+                    raise ValueError(
+                        f"exclude: {pattern!r} matches no conv or linear layer; layers: "
+                        f"{_names_hint(names)}"
+                    )
+                excluded.update(matched)
+            return excluded
+    raise TypeError(
+        f"exclude must be a rule ({', '.join(map(repr, EXCLUDE_RULES))}), a list of layer names "
+        f"or globs, or a callable(name, module) -> bool; got {type(exclude).__name__}"
+    )
+
+
+def final_targets(
+    allocation: Allocation,
+    sparsity: float | None,
+    layers: Mapping[str, nn.Module],
+    all_layers: Iterable[str],
+) -> dict[str, float] | None:
+    """{layer name: final sparsity} for a uniform or dict allocation, None for "global" (whose
+    split depends on the scores). Validates everything; ``layers`` are the selected layers,
+    ``all_layers`` every prunable layer (to tell an excluded layer from an unknown one)."""
+    if isinstance(allocation, Mapping):
+        if sparsity is not None:
+            sparsity = check_sparsity(sparsity)
+        targets = {}
+        for name, value in allocation.items():
+            if name not in layers:
+                why = "is excluded" if name in set(all_layers) else "is not a conv or linear layer"
+                raise ValueError(
+                    f"allocation: {name!r} {why}; layers: {_names_hint(layers)}"
+                )
+            targets[name] = check_sparsity(value, name=f"allocation[{name!r}]")
+        if sparsity is None:
+            if not targets:
+                raise ValueError("allocation is an empty dict and no sparsity is given: nothing to prune")
+            return targets
+        return {name: targets.get(name, sparsity) for name in layers}
+    if allocation not in ALLOCATIONS:
+        raise ValueError(
+            f"allocation must be {' or '.join(map(repr, ALLOCATIONS))} or a "
+            f"{{layer name: sparsity}} dict; got {allocation!r}"
+        )
+    if sparsity is None:
+        raise ValueError(f"sparsity is required with allocation={allocation!r}: a number in [0, 1)")
+    sparsity = check_sparsity(sparsity)
+    return None if allocation == "global" else {name: sparsity for name in layers}
+
+
+def global_allocation(
+    scores: Mapping[str, torch.Tensor],
+    pattern: Pattern,
+    sparsity: float,
+    layer_cap: float = LAYER_CAP,
+) -> dict[str, float]:
+    """{layer name: sparsity} from one threshold on unit mean-scores across all layers.
+
+    ``scores`` are {layer name: (M, K) scores}. Units are ranked across layers by their mean
+    score per weight; the lowest are pruned until ``sparsity`` of all weights is reached,
+    skipping a layer once it reaches ``min(layer_cap, pattern.max_sparsity(M, K))``. The
+    element-weighted average of the result is ``sparsity`` (the last unit may be split).
+
+    >>> global_allocation({"a": torch.ones(4, 4), "b": 10 * torch.ones(4, 4)}, ElementWise(), 0.5)
+    {'a': 0.9375, 'b': 0.0625}
+    """
+    sparsity = check_sparsity(sparsity)
+    names = list(scores)
+    means = [_unit_mean_scores(pattern, scores[name].detach().double().cpu()).reshape(-1) for name in names]
+    sizes = torch.tensor([len(mean) for mean in means])
+    caps = torch.tensor(
+        [
+            math.floor(min(layer_cap, pattern.max_sparsity(*scores[name].shape)) * len(mean) + 1e-9)
+            for name, mean in zip(names, means)
+        ]
+    )
+    needed = sparsity * float(sizes.sum())
+    if needed > float(caps.sum()) + 1e-9:
+        raise ValueError(
+            f"allocation='global' cannot reach sparsity {sparsity}: with the per-layer cap "
+            f"({layer_cap}, or the pattern's limit) it reaches at most "
+            f"{float(caps.sum() / sizes.sum()):.4f}"
+        )
+    values = torch.cat(means)
+    layer_of = torch.repeat_interleave(torch.arange(len(names)), sizes)
+    order = torch.sort(values, stable=True).indices
+    layer_in_order = layer_of[order]
+    # rank of each element within its own layer, in the global order
+    rank = torch.empty_like(layer_in_order)
+    for index in range(len(names)):
+        where = layer_in_order == index
+        rank[where] = torch.arange(int(where.sum()))
+    eligible_layers = layer_in_order[rank < caps[layer_in_order]]
+    whole = math.floor(needed + 1e-9)
+    counts = torch.bincount(eligible_layers[:whole], minlength=len(names)).double()
+    if needed - whole > 1e-9:
+        counts[eligible_layers[whole]] += needed - whole  # split the last unit to hit the target
+    return {name: float(counts[index] / sizes[index]) for index, name in enumerate(names)}
+
+
+def _unit_mean_scores(pattern: Pattern, scores: torch.Tensor) -> torch.Tensor:
+    """Each weight's score replaced by the mean score of the pattern unit it belongs to."""
+    rows, columns = scores.shape
+    match pattern:
+        case ElementWise():
+            return scores
+        case FilterWise():
+            return scores.mean(dim=1, keepdim=True).expand(rows, columns)
+        case GroupWise(group_size=group_size):
+            pieces = [
+                scores[start:stop].mean(dim=0, keepdim=True).expand(stop - start, columns)
+                for start, stop in group_bounds(rows, group_size)
+            ]
+            return torch.cat(pieces)
+        case BlockWise(block=(block_rows, block_columns)):
+            tile_means = _tile_sums(scores, block_rows, block_columns) / _tile_sums(
+                torch.ones_like(scores), block_rows, block_columns
+            )
+            expanded = tile_means.repeat_interleave(block_rows, 0).repeat_interleave(block_columns, 1)
+            return expanded[:rows, :columns]
+        case VectorWise(vector=vector, keep=None):
+            # the unit is one rank position across runs: the j-th lowest weight of every run
+            full = columns // vector * vector
+            pieces = []
+            if full:
+                pieces.append(_rank_means(scores[:, :full].reshape(rows, -1, vector)).reshape(rows, full))
+            if full < columns:  # the shorter last run of each row ranks among its own kind
+                pieces.append(_rank_means(scores[:, full:].reshape(rows, 1, -1)).reshape(rows, -1))
+            return torch.cat(pieces, dim=1)
+    raise ValueError(
+        f"allocation='global' does not support pattern {pattern!r}; use allocation='uniform' or "
+        "a {layer name: sparsity} dict"
+    )
+
+
+def _tile_sums(values: torch.Tensor, block_rows: int, block_columns: int) -> torch.Tensor:
+    """Sum of each aligned tile; edge tiles that do not divide are smaller (zero padded)."""
+    rows, columns = values.shape
+    padded = F.pad(values, (0, -columns % block_columns, 0, -rows % block_rows))
+    down, across = padded.shape[0] // block_rows, padded.shape[1] // block_columns
+    return padded.reshape(down, block_rows, across, block_columns).sum(dim=(1, 3))
+
+
+def _rank_means(runs: torch.Tensor) -> torch.Tensor:
+    """For (rows, runs, length) runs: each weight gets the mean, over all runs, of the weights
+    with the same rank in their run."""
+    sorted_runs, order = torch.sort(runs, dim=-1, stable=True)
+    class_means = sorted_runs.mean(dim=(0, 1))
+    result = torch.empty_like(runs)
+    result.scatter_(-1, order, class_means.expand_as(runs).contiguous())
+    return result
