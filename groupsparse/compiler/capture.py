@@ -18,6 +18,12 @@ class CaptureError(RuntimeError):
 def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule:
     from torch.export import Dim
 
+    # export specializes sizes of 0 and 1, so a batch of one would fix the batch size:
+    # trace with the batch doubled, and mark every size dynamic
+    example_inputs = tuple(
+        torch.cat([value, value]) if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 1 else value
+        for value in example_inputs
+    )
     dims = tuple(
         {axis: Dim.AUTO for axis in range(value.dim())} if isinstance(value, torch.Tensor) else None
         for value in example_inputs

@@ -1,0 +1,31 @@
+"""Test helpers: make a model group-sparse straight from the patterns (independent of the
+pruning library, so compiler tests do not depend on it)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from groupsparse.layers import gemm_view, prunable_layers
+from groupsparse.patterns import GroupWise
+
+
+def group_sparsify(model: nn.Module, sparsity: float, group_size: int, *, balanced: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Zero a random group-wise pattern into every conv/linear weight; returns the masks."""
+    generator = torch.Generator().manual_seed(seed)
+    masks = {}
+    pattern = GroupWise(group_size=group_size, balanced=balanced)
+    for name, module in prunable_layers(model):
+        matrix = gemm_view(module.weight.data)
+        scores = torch.rand(matrix.shape, generator=generator)
+        mask = pattern.mask(scores, sparsity)
+        with torch.no_grad():
+            matrix.mul_(mask.to(matrix.dtype))
+        masks[f"{name}.weight"] = mask.reshape(module.weight.shape)
+    return masks
+
+
+def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |a - e| / max |e|: the tolerance measure the design document uses."""
+    scale = expected.abs().max().clamp_min(1e-12)
+    return float(((actual - expected).abs().max() / scale).detach())
