@@ -401,7 +401,9 @@ class _Runtime:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.functions: dict[tuple[int, str], dict[str, Any]] = {}
-        self.handles: dict[int, int] = {}
+        self.handles: dict[
+            tuple[int, int], int
+        ] = {}  # (device, thread): handles are not thread-safe
         self.workspaces: dict[tuple[int, int], torch.Tensor] = {}
         self.tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self.grouped: dict[tuple, _GroupedState] = {}
@@ -445,15 +447,14 @@ class _Runtime:
             return functions
 
     def cublas_handle(self, device: torch.device, stream: int) -> int:
-        """The device's handle, bound to ``stream`` with a workspace from torch's allocator."""
+        """This thread's handle for the device, bound to ``stream`` with a workspace from torch's
+        allocator."""
         _, _, cublas = _modules()
-        handle = self.handles.get(device.index)
+        key = (device.index, threading.get_ident())
+        handle = self.handles.get(key)
         if handle is None:
-            with self.lock:
-                if device.index not in self.handles:
-                    self._first_use("create a cuBLAS handle")
-                    self.handles[device.index] = _cublas_call("cublasCreate", cublas.create)
-                handle = self.handles[device.index]
+            self._first_use("create a cuBLAS handle")
+            handle = self.handles[key] = _cublas_call("cublasCreate", cublas.create)
         workspace = self.workspaces.get((device.index, stream))
         if workspace is None:
             # kept for the process's life: a graph captured on this stream keeps using it
@@ -531,8 +532,11 @@ class _Runtime:
         if context is not None and int(context) != 0:
             return
         _check_driver(driver.cuInit(0), "cuInit", "check the NVIDIA driver installation")
+        ordinal = _check_driver(
+            driver.cuDeviceGet(device.index), "cuDeviceGet", "check CUDA_VISIBLE_DEVICES"
+        )
         primary = _check_driver(
-            driver.cuDevicePrimaryCtxRetain(device.index),
+            driver.cuDevicePrimaryCtxRetain(ordinal),
             "cuDevicePrimaryCtxRetain",
             "check that the GPU is visible (CUDA_VISIBLE_DEVICES) and not in exclusive use",
         )
@@ -682,11 +686,14 @@ def _epilogue(
 
 
 def _prepare(
-    x: torch.Tensor, weight: torch.Tensor, columns: torch.Tensor
+    x: torch.Tensor, weight: torch.Tensor, columns: torch.Tensor, bias: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if x.device.type != "cuda":
         raise ValueError(f"groupsparse's CUDA kernels take CUDA tensors; got one on {x.device}")
     dtype_name(x.dtype)
+    for name, tensor in (("weight", weight), ("columns", columns), ("bias", bias)):
+        if tensor is not None and tensor.device != x.device:
+            raise ValueError(f"{name} is on {tensor.device} but the input is on {x.device}")
     if weight.dim() != 3 or tuple(columns.shape) != (weight.shape[0], weight.shape[2]):
         raise ValueError(
             "weight must be (groups, G, k) and columns (groups, k); got "
@@ -714,7 +721,7 @@ def grouped_conv2d(
 
         >>> out = grouped_conv2d(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), True)
     """
-    x, weight = _prepare(x, weight, columns)
+    x, weight = _prepare(x, weight, columns, bias)
     geometry = tuple(int(v) for v in geometry)
     groups, group_rows, kept = weight.shape
     batch, _, height, width = x.shape
@@ -776,7 +783,7 @@ def grouped_linear(
 
         >>> out = grouped_linear(x, weight, columns, bias, relu=False)
     """
-    x, weight = _prepare(x, weight, columns)
+    x, weight = _prepare(x, weight, columns, bias)
     groups, group_rows, kept = weight.shape
     in_features = x.shape[-1]
     tokens = x.numel() // in_features if in_features else 0
