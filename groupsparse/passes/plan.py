@@ -190,7 +190,7 @@ def _plan_layer(layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor
     timed = _with(candidate, dense_ms=dense_ms, sparse_ms=sparse_ms)
     speedup = dense_ms / sparse_ms
     if speedup < options.min_speedup:
-        return _dense(timed, f"would be slower: {speedup:.2f}x of dense on the example input (needs {options.min_speedup:.2f}x)")
+        return _dense(timed, f"would be slower: {speedup:.2g}x of dense on the example input (needs {options.min_speedup:.2f}x)")
     return _with(timed, reason=f"{speedup:.2f}x faster than dense on the example input")
 
 
