@@ -20,7 +20,6 @@ from __future__ import annotations
 import fnmatch
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +52,8 @@ ALLOCATIONS = ("uniform", "global")
 EXCLUDE_RULES = ("first", "last", "first_last")
 LAYER_CAP = 0.98  # global allocation never prunes a layer beyond this
 
-Allocation = Union[str, Mapping[str, float]]
-Exclude = Union[None, str, Iterable[str], Callable[[str, nn.Module], bool]]
+Allocation = str | Mapping[str, float]
+Exclude = None | str | Iterable[str] | Callable[[str, nn.Module], bool]
 
 
 def _names_hint(names: Iterable[str], limit: int = 12) -> str:
@@ -72,7 +71,9 @@ def select_layers(model: nn.Module, exclude: Exclude = None) -> dict[str, nn.Mod
     excluded = _excluded(layers, exclude)
     selected = {name: module for name, module in layers.items() if name not in excluded}
     if not selected:
-        raise ValueError(f"exclude={exclude!r} leaves no layer to prune; layers: {_names_hint(layers)}")
+        raise ValueError(
+            f"exclude={exclude!r} leaves no layer to prune; layers: {_names_hint(layers)}"
+        )
     return selected
 
 
@@ -129,13 +130,13 @@ def final_targets(
         for name, value in allocation.items():
             if name not in layers:
                 why = "is excluded" if name in set(all_layers) else "is not a conv or linear layer"
-                raise ValueError(
-                    f"allocation: {name!r} {why}; layers: {_names_hint(layers)}"
-                )
+                raise ValueError(f"allocation: {name!r} {why}; layers: {_names_hint(layers)}")
             targets[name] = check_sparsity(value, name=f"allocation[{name!r}]")
         if sparsity is None:
             if not targets:
-                raise ValueError("allocation is an empty dict and no sparsity is given: nothing to prune")
+                raise ValueError(
+                    "allocation is an empty dict and no sparsity is given: nothing to prune"
+                )
             return targets
         return {name: targets.get(name, sparsity) for name in layers}
     if allocation not in ALLOCATIONS:
@@ -167,7 +168,10 @@ def global_allocation(
     """
     sparsity = check_sparsity(sparsity)
     names = list(scores)
-    means = [_unit_mean_scores(pattern, scores[name].detach().double().cpu()).reshape(-1) for name in names]
+    means = [
+        _unit_mean_scores(pattern, scores[name].detach().double().cpu()).reshape(-1)
+        for name in names
+    ]
     sizes = torch.tensor([len(mean) for mean in means])
     caps = torch.tensor(
         [
@@ -217,14 +221,18 @@ def _unit_mean_scores(pattern: Pattern, scores: torch.Tensor) -> torch.Tensor:
             tile_means = _tile_sums(scores, block_rows, block_columns) / _tile_sums(
                 torch.ones_like(scores), block_rows, block_columns
             )
-            expanded = tile_means.repeat_interleave(block_rows, 0).repeat_interleave(block_columns, 1)
+            expanded = tile_means.repeat_interleave(block_rows, 0).repeat_interleave(
+                block_columns, 1
+            )
             return expanded[:rows, :columns]
         case VectorWise(vector=vector, keep=None):
             # the unit is one rank position across runs: the j-th lowest weight of every run
             full = columns // vector * vector
             pieces = []
             if full:
-                pieces.append(_rank_means(scores[:, :full].reshape(rows, -1, vector)).reshape(rows, full))
+                pieces.append(
+                    _rank_means(scores[:, :full].reshape(rows, -1, vector)).reshape(rows, full)
+                )
             if full < columns:  # the shorter last run of each row ranks among its own kind
                 pieces.append(_rank_means(scores[:, full:].reshape(rows, 1, -1)).reshape(rows, -1))
             return torch.cat(pieces, dim=1)

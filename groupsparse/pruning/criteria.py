@@ -114,7 +114,9 @@ class Random(Criterion):
         scores = {}
         for name, weight in weights.items():
             # 1 - U[0, 1) lies in (0, 1]: every unpruned weight scores above a pruned one (0)
-            draw = 1.0 - torch.rand(gemm_view(weight).shape, generator=generator, dtype=torch.float64)
+            draw = 1.0 - torch.rand(
+                gemm_view(weight).shape, generator=generator, dtype=torch.float64
+            )
             scores[name] = draw.to(weight.device)
         return scores
 
@@ -179,7 +181,11 @@ def taylor_saliency(
         for batch in calibration:
             with torch.enable_grad():
                 loss = loss_fn(model, batch)
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad:
+                if (
+                    not isinstance(loss, torch.Tensor)
+                    or loss.numel() != 1
+                    or not loss.requires_grad
+                ):
                     raise ValueError(
                         "loss_fn(model, batch) must return a scalar tensor that depends on the "
                         f"weights; got {_describe(loss)}"

@@ -131,11 +131,19 @@ class Pruner:
         self._loss_fn = loss_fn
         # "taylor" without calibration: sum |w * grad| in the gradient hooks between updates
         self._accumulate = criterion.needs_saliency and calibration is None
-        self._saliency = {
-            name: torch.zeros_like(weight, dtype=torch.float32) for name, weight in self._weights.items()
-        } if self._accumulate else {}
+        self._saliency = (
+            {
+                name: torch.zeros_like(weight, dtype=torch.float32)
+                for name, weight in self._weights.items()
+            }
+            if self._accumulate
+            else {}
+        )
         self._saliency_seen = False
-        self._masks = {name: torch.ones_like(weight, dtype=torch.bool) for name, weight in self._weights.items()}
+        self._masks = {
+            name: torch.ones_like(weight, dtype=torch.bool)
+            for name, weight in self._weights.items()
+        }
         self._layer_sparsity = dict.fromkeys(layers, 0.0)
         self._handles: list[Any] = []
 
@@ -167,7 +175,9 @@ class Pruner:
     def sparsity(self) -> float:
         """The current target: the element-weighted average of :attr:`layer_sparsities`."""
         sizes = {name: self._weights[_weight_name(name)].numel() for name in self._layers}
-        return sum(self._layer_sparsity[name] * size for name, size in sizes.items()) / sum(sizes.values())
+        return sum(self._layer_sparsity[name] * size for name, size in sizes.items()) / sum(
+            sizes.values()
+        )
 
     @property
     def attached(self) -> bool:
@@ -191,6 +201,10 @@ class Pruner:
         self.step_count = step
         if update is not None:
             self._apply(*update)
+            if self._accumulate:  # the next update scores the gradients that come after this one
+                for value in self._saliency.values():
+                    value.zero_()
+                self._saliency_seen = False
 
     def remove(self) -> None:
         """Zero the pruned weights for good and detach every hook; the model is plain again."""
@@ -228,20 +242,29 @@ class Pruner:
             )
         for name, mask in masks.items():
             weight = self._weights[name]
-            if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != weight.shape:
+            if (
+                not isinstance(mask, torch.Tensor)
+                or mask.dtype != torch.bool
+                or mask.shape != weight.shape
+            ):
                 raise ValueError(
                     f"state['masks'][{name!r}] must be a boolean tensor of shape {tuple(weight.shape)}"
                 )
         layer_sparsity = {name: float(value) for name, value in state["layer_sparsities"].items()}
         if set(layer_sparsity) != set(self._layers):
-            raise ValueError(f"state['layer_sparsities'] must name the layers {sorted(self._layers)}")
+            raise ValueError(
+                f"state['layer_sparsities'] must name the layers {sorted(self._layers)}"
+            )
         saliency = state.get("saliency", {})
         if self._accumulate and set(saliency) == set(self._saliency):
             for name, value in saliency.items():
                 self._saliency[name].copy_(value)
             self._saliency_seen = bool(state.get("saliency_seen", False))
         self.step_count = step
-        self._apply({name: mask.to(self._weights[name].device) for name, mask in masks.items()}, layer_sparsity)
+        self._apply(
+            {name: mask.to(self._weights[name].device) for name, mask in masks.items()},
+            layer_sparsity,
+        )
 
     # -- inside ------------------------------------------------------------------------------
 
@@ -253,20 +276,32 @@ class Pruner:
 
     def _compute_masks(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         if self._goal_at(step) == 0:
-            masks = {name: torch.ones_like(weight, dtype=torch.bool) for name, weight in self._weights.items()}
+            masks = {
+                name: torch.ones_like(weight, dtype=torch.bool)
+                for name, weight in self._weights.items()
+            }
             return masks, dict.fromkeys(self._layers, 0.0)
         scores = self._scores(step)
         if self._targets is None:
-            layer_sparsity = global_allocation(scores, self.pattern, self.schedule.sparsity_at(step, self._target))
+            layer_sparsity = global_allocation(
+                scores, self.pattern, self.schedule.sparsity_at(step, self._target)
+            )
         else:
-            layer_sparsity = {name: self.schedule.sparsity_at(step, target) for name, target in self._targets.items()}
+            layer_sparsity = {
+                name: self.schedule.sparsity_at(step, target)
+                for name, target in self._targets.items()
+            }
         masks = {}
         for layer, layer_goal in layer_sparsity.items():
             weight = self._weights[_weight_name(layer)]
             if layer_goal == 0:
                 mask = torch.ones_like(weight, dtype=torch.bool)
             else:
-                mask = self.pattern.mask(scores[layer], layer_goal).reshape(weight.shape).to(weight.device)
+                mask = (
+                    self.pattern.mask(scores[layer], layer_goal)
+                    .reshape(weight.shape)
+                    .to(weight.device)
+                )
             masks[_weight_name(layer)] = mask
         return masks, layer_sparsity
 
@@ -275,7 +310,9 @@ class Pruner:
         saliency = None
         if self.criterion.needs_saliency:
             if self._calibration is not None:
-                saliency = taylor_saliency(self.model, self._weights, self._calibration, self._loss_fn)
+                saliency = taylor_saliency(
+                    self.model, self._weights, self._calibration, self._loss_fn
+                )
             elif not self._saliency_seen:
                 raise RuntimeError(
                     f"criterion 'taylor' has no gradients at step {step}: call pruner.step() after "
@@ -305,10 +342,6 @@ class Pruner:
     def _apply(self, masks: dict[str, torch.Tensor], layer_sparsity: dict[str, float]) -> None:
         self._masks = masks
         self._layer_sparsity = layer_sparsity
-        if self._accumulate:
-            for value in self._saliency.values():
-                value.zero_()
-            self._saliency_seen = False
         self._zero_pruned()
 
     def _zero_pruned(self, *_: Any) -> None:
@@ -325,7 +358,11 @@ class Pruner:
 
     def _attach(self) -> None:
         for name, weight in self._weights.items():
-            self._handles.append(weight.register_hook(lambda gradient, name=name: self._mask_gradient(name, gradient)))
+            self._handles.append(
+                weight.register_hook(
+                    lambda gradient, name=name: self._mask_gradient(name, gradient)
+                )
+            )
         self._handles.append(register_optimizer_step_post_hook(self._zero_pruned))
         _ATTACHED.append(self)
 
@@ -345,7 +382,7 @@ def _check_fixed_sparsity(
     if allocation == "global":
         raise ValueError(f"{fixed}; allocation='global' cannot change it (use 'uniform')")
     if not isinstance(schedule, OneShot):
-        raise ValueError(f"{fixed}; it cannot follow a gradual schedule (use schedule=OneShot())")
+        raise TypeError(f"{fixed}; it cannot follow a gradual schedule (use schedule=OneShot())")
     values = list(allocation.values()) if isinstance(allocation, Mapping) else []
     for value in values + ([sparsity] if sparsity is not None else []):
         if isinstance(value, (int, float)) and abs(value - implied) > 1e-9:
@@ -358,13 +395,17 @@ def _check_fixed_sparsity(
 def _check_plain_weights(layers: Mapping[str, nn.Module]) -> None:
     attached = {id(weight) for pruner in _ATTACHED for weight in pruner._weights.values()}
     for name, module in layers.items():
-        if parametrize.is_parametrized(module, "weight") or not isinstance(module.weight, nn.Parameter):
+        if parametrize.is_parametrized(module, "weight") or not isinstance(
+            module.weight, nn.Parameter
+        ):
             raise ValueError(
                 f"layer {name!r} has a reparametrized weight (torch.nn.utils.prune or "
                 "parametrize); make it plain first, e.g. torch.nn.utils.prune.remove(module, 'weight')"
             )
         if id(module.weight) in attached:
-            raise ValueError(f"layer {name!r} already has a Pruner attached; call its remove() first")
+            raise ValueError(
+                f"layer {name!r} already has a Pruner attached; call its remove() first"
+            )
 
 
 def _check_calibration(criterion: Criterion, calibration: Any, loss_fn: Any) -> None:
@@ -381,9 +422,13 @@ def _check_calibration(criterion: Criterion, calibration: Any, loss_fn: Any) -> 
             "training gradients)"
         )
     if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be a callable(model, batch) -> loss; got {type(loss_fn).__name__}")
+        raise TypeError(
+            f"loss_fn must be a callable(model, batch) -> loss; got {type(loss_fn).__name__}"
+        )
     if calibration is not None and not isinstance(calibration, Iterable):
-        raise TypeError(f"calibration must be an iterable of batches; got {type(calibration).__name__}")
+        raise TypeError(
+            f"calibration must be an iterable of batches; got {type(calibration).__name__}"
+        )
 
 
 def existing_masks(model: nn.Module) -> dict[str, torch.Tensor]:

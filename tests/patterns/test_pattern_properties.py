@@ -132,4 +132,3 @@ def test_balanced_group_tolerance_is_one_column_of_every_group():
 def test_small_matrix_is_never_emptied(pattern):
     mask = pattern.mask(random_scores((1, 2), 0), 0.9)
     assert mask.any()
-

@@ -20,10 +20,15 @@ def tiny_convnet(seed: int = 0) -> nn.Sequential:
     )
 
 
-def classification_batches(count: int = 2, size: int = 8, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def classification_batches(
+    count: int = 2, size: int = 8, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     return [
-        (torch.randn(size, 3, 6, 6, generator=generator), torch.randint(0, 3, (size,), generator=generator))
+        (
+            torch.randn(size, 3, 6, 6, generator=generator),
+            torch.randint(0, 3, (size,), generator=generator),
+        )
         for _ in range(count)
     ]
 
@@ -42,4 +47,3 @@ def assert_same_state(model: nn.Module, before: dict[str, torch.Tensor]) -> None
     assert set(after) == set(before)
     for name, value in before.items():
         assert torch.equal(after[name], value), f"{name} changed"
-

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pruning_helpers import classification_batches, cross_entropy, snapshot, assert_same_state, tiny_convnet
+from pruning_helpers import (
+    assert_same_state,
+    classification_batches,
+    cross_entropy,
+    snapshot,
+    tiny_convnet,
+)
 from torch import nn
 
 import groupsparse as gs
@@ -48,7 +54,12 @@ def test_taylor_prunes_weights_whose_inputs_never_matter():
     inputs[:, :2] = 0
     batches = [(inputs, torch.randint(0, 2, (16,)))]
     masks = gs.prune(
-        model, "group", 0.5, "taylor", group_size=2, calibration=batches,
+        model,
+        "group",
+        0.5,
+        "taylor",
+        group_size=2,
+        calibration=batches,
         loss_fn=lambda m, batch: nn.functional.cross_entropy(m(batch[0]), batch[1]),
     )
     assert masks["0.weight"][0].tolist() == [False, False, True, True]
@@ -56,7 +67,12 @@ def test_taylor_prunes_weights_whose_inputs_never_matter():
     model_again = nn.Sequential(nn.Linear(4, 2))
     with torch.no_grad():
         model_again[0].weight.copy_(torch.tensor([[5.0, 5.0, 0.1, 0.1], [5.0, 5.0, 0.1, 0.1]]))
-    assert gs.prune(model_again, "group", 0.5, group_size=2)["0.weight"][0].tolist() == [True, True, False, False]
+    assert gs.prune(model_again, "group", 0.5, group_size=2)["0.weight"][0].tolist() == [
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_taylor_saliency_sums_abs_w_times_gradient_over_batches():
@@ -108,7 +124,9 @@ def test_resolve_criterion():
     assert gs.resolve_criterion("random", seed=3) == gs.Random(seed=3)
     criterion = gs.Magnitude(norm=2)
     assert gs.resolve_criterion(criterion) is criterion
-    with pytest.raises(ValueError, match="unknown criterion 'l3'; allowed: magnitude, taylor, random"):
+    with pytest.raises(
+        ValueError, match="unknown criterion 'l3'; allowed: magnitude, taylor, random"
+    ):
         gs.resolve_criterion("l3")
     with pytest.raises(TypeError, match="set them on the object"):
         gs.resolve_criterion(gs.Random(), seed=1)
