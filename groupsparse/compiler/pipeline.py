@@ -12,6 +12,7 @@ from ..passes import (
     analyze,
     cleanup,
     find_prunable,
+    fold_batchnorm,
     fuse_relu,
     plan,
     propagate_inputs,
@@ -26,6 +27,7 @@ PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...
     ("propagate_inputs", propagate_inputs),  # each layer's real input: shapes, dtype, timing data
     ("analyze", analyze),  # the structure in each mask: group size and kept columns
     ("plan", plan),  # pack weights once, and decide sparse or dense per layer
+    ("fold_batchnorm", fold_batchnorm),  # an inference BN after a rewritten conv joins its weights
     ("rewrite_conv", rewrite_conv),  # conv2d -> groupsparse.conv2d
     ("rewrite_linear", rewrite_linear),  # linear -> groupsparse.linear
     ("fuse_relu", fuse_relu),  # a following ReLU runs in the kernel's epilogue

@@ -6,6 +6,7 @@ from .analyze import LayerStructure, analyze, structure_of
 from .cleanup import cleanup
 from .common import CompileContext, CompileOptions, PrunableLayer, Refusal
 from .find_prunable import find_prunable
+from .fold_batchnorm import fold_batchnorm
 from .fuse_relu import fuse_relu
 from .plan import LayerPlan, plan
 from .propagate_inputs import propagate_inputs
@@ -22,6 +23,7 @@ __all__ = [
     "analyze",
     "cleanup",
     "find_prunable",
+    "fold_batchnorm",
     "fuse_relu",
     "plan",
     "propagate_inputs",

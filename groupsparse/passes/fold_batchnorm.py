@@ -1,0 +1,78 @@
+"""fold_batchnorm: an eval-mode BatchNorm2d right after a rewritten conv is folded into the
+conv's packed weights and bias, so conv + BN (+ ReLU) run as one kernel."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from .common import META_PLAN, CompileContext, constant_value
+
+__all__ = ["fold_batchnorm"]
+
+
+def _batchnorm_stats(gm: fx.GraphModule, node: fx.Node, context: CompileContext):
+    """(mean, var, gamma, beta, eps) of an inference batch norm node, else None."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        if not isinstance(module, nn.BatchNorm2d) or module.training or module.running_mean is None:
+            return None
+        gamma = module.weight.detach() if module.weight is not None else None
+        beta = module.bias.detach() if module.bias is not None else None
+        return module.running_mean, module.running_var, gamma, beta, module.eps
+    if node.op == "call_function" and node.target is F.batch_norm:
+        args = list(node.args) + [None] * 8
+        training = node.kwargs.get("training", args[5] if args[5] is not None else False)
+        if training:
+            return None
+        names = ("running_mean", "running_var", "weight", "bias")
+        values = [constant_value(gm, node.kwargs.get(n, args[i + 1]), context) for i, n in enumerate(names)]
+        if values[0] is None or values[1] is None:
+            return None
+        eps = node.kwargs.get("eps", args[7] if args[7] is not None else 1e-5)
+        return (*values, eps)
+    return None
+
+
+def fold_batchnorm(gm: fx.GraphModule, context: CompileContext) -> int:
+    """Guarantees: no sparse-planned conv2d is followed by an inference BatchNorm2d that is its
+    only user; its plan's weight rows and bias absorb the normalization. Returns the count."""
+    folded = 0
+    for node in list(gm.graph.nodes):
+        plan = node.meta.get(META_PLAN)
+        if plan is None or plan.decision != "sparse" or plan.kind != "conv2d" or len(node.users) != 1:
+            continue
+        user = next(iter(node.users))
+        if user.args[0] is not node:
+            continue
+        stats = _batchnorm_stats(gm, user, context)
+        if stats is None:
+            continue
+        mean, var, gamma, beta, eps = stats
+        groups, group_rows, _ = plan.weight.shape
+        padded = groups * group_rows
+        dtype, device = plan.weight.dtype, plan.weight.device
+
+        def padded_rows(values, fill):
+            out = torch.full((padded,), fill, dtype=torch.float64, device=device)
+            if values is not None:
+                out[: plan.rows] = values.to(device=device, dtype=torch.float64)
+            return out
+
+        scale = padded_rows(gamma, 1.0) / torch.sqrt(padded_rows(var, 1.0) + eps)
+        bias = padded_rows(plan.bias[: plan.rows] if plan.bias is not None else None, 0.0)
+        new_bias = (bias - padded_rows(mean, 0.0)) * scale + padded_rows(beta, 0.0)
+        weight = plan.weight.to(torch.float64) * scale.view(groups, group_rows, 1)
+        node.meta[META_PLAN] = dataclasses.replace(
+            plan,
+            weight=weight.to(dtype).contiguous(),
+            bias=new_bias.to(dtype).contiguous(),
+            reason=plan.reason + "; batch norm folded in",
+        )
+        user.replace_all_uses_with(node)
+        gm.graph.erase_node(user)
+        folded += 1
+    return folded
