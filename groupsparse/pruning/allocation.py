@@ -168,74 +168,84 @@ def global_allocation(
     """
     sparsity = check_sparsity(sparsity)
     names = list(scores)
-    means = [
-        _unit_mean_scores(pattern, scores[name].detach().double().cpu()).reshape(-1)
-        for name in names
-    ]
-    sizes = torch.tensor([len(mean) for mean in means])
+    units = [_units(pattern, scores[name].detach().double().cpu()) for name in names]
+    elements = torch.tensor([scores[name].numel() for name in names])
     caps = torch.tensor(
         [
-            math.floor(min(layer_cap, pattern.max_sparsity(*scores[name].shape)) * len(mean) + 1e-9)
-            for name, mean in zip(names, means)
+            math.floor(
+                min(layer_cap, pattern.max_sparsity(*scores[name].shape)) * scores[name].numel()
+                + 1e-9
+            )
+            for name in names
         ]
     )
-    needed = sparsity * float(sizes.sum())
-    if needed > float(caps.sum()) + 1e-9:
+    means = torch.cat([unit_means for unit_means, _ in units])
+    sizes = torch.cat([unit_sizes for _, unit_sizes in units])
+    layer_of = torch.repeat_interleave(
+        torch.arange(len(names)), torch.tensor([len(m) for m, _ in units])
+    )
+    order = torch.sort(means, stable=True).indices
+    layer_in_order, sizes_in_order = layer_of[order], sizes[order]
+    # elements each layer has lost once a unit goes, in the global order: a stable sort by
+    # layer lists each layer's units in global order, so a running sum minus the layer's
+    # offset counts them
+    by_layer = torch.sort(layer_in_order, stable=True).indices
+    lost = torch.empty_like(sizes_in_order)
+    lost[by_layer] = (
+        torch.cumsum(sizes_in_order[by_layer], 0)
+        - (torch.cumsum(elements, 0) - elements)[layer_in_order[by_layer]]
+    )
+    eligible = lost <= caps[layer_in_order]  # a prefix of each layer's units
+    eligible_layers, eligible_sizes = layer_in_order[eligible], sizes_in_order[eligible]
+    needed = sparsity * float(elements.sum())
+    reachable = float(eligible_sizes.sum())
+    if needed > reachable + 1e-9:
         raise ValueError(
             f"allocation='global' cannot reach sparsity {sparsity}: with the per-layer cap "
             f"({layer_cap}, or the pattern's limit) it reaches at most "
-            f"{float(caps.sum() / sizes.sum()):.4f}"
+            f"{reachable / float(elements.sum()):.4f}"
         )
-    values = torch.cat(means)
-    layer_of = torch.repeat_interleave(torch.arange(len(names)), sizes)
-    order = torch.sort(values, stable=True).indices
-    layer_in_order = layer_of[order]
-    # rank of each element within its own layer, in the global order
-    rank = torch.empty_like(layer_in_order)
-    for index in range(len(names)):
-        where = layer_in_order == index
-        rank[where] = torch.arange(int(where.sum()))
-    eligible_layers = layer_in_order[rank < caps[layer_in_order]]
-    whole = math.floor(needed + 1e-9)
-    counts = torch.bincount(eligible_layers[:whole], minlength=len(names)).double()
-    if needed - whole > 1e-9:
-        counts[eligible_layers[whole]] += needed - whole  # split the last unit to hit the target
-    return {name: float(counts[index] / sizes[index]) for index, name in enumerate(names)}
+    taken = torch.cumsum(eligible_sizes, 0) <= needed + 1e-9
+    pruned = torch.zeros(len(names), dtype=torch.float64)
+    pruned.index_add_(0, eligible_layers[taken], eligible_sizes[taken].double())
+    rest = needed - float(pruned.sum())
+    if rest > 1e-9:  # split the next unit to hit the target exactly
+        pruned[eligible_layers[int(taken.sum())]] += rest
+    return {name: float(pruned[index] / elements[index]) for index, name in enumerate(names)}
 
 
-def _unit_mean_scores(pattern: Pattern, scores: torch.Tensor) -> torch.Tensor:
-    """Each weight's score replaced by the mean score of the pattern unit it belongs to."""
+def _units(pattern: Pattern, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean score, element count) of each unit the pattern keeps or removes whole."""
     rows, columns = scores.shape
     match pattern:
         case ElementWise():
-            return scores
+            return scores.reshape(-1), torch.ones(scores.numel(), dtype=torch.int64)
         case FilterWise():
-            return scores.mean(dim=1, keepdim=True).expand(rows, columns)
+            return scores.mean(dim=1), torch.full((rows,), columns)
         case GroupWise(group_size=group_size):
-            pieces = [
-                scores[start:stop].mean(dim=0, keepdim=True).expand(stop - start, columns)
-                for start, stop in group_bounds(rows, group_size)
-            ]
-            return torch.cat(pieces)
+            # one unit per (group, column), whether or not the groups are balanced
+            bounds = group_bounds(rows, group_size)
+            means = torch.stack([scores[start:stop].mean(dim=0) for start, stop in bounds])
+            sizes = torch.tensor([stop - start for start, stop in bounds])
+            return means.reshape(-1), sizes.repeat_interleave(columns)
         case BlockWise(block=(block_rows, block_columns)):
-            tile_means = _tile_sums(scores, block_rows, block_columns) / _tile_sums(
-                torch.ones_like(scores), block_rows, block_columns
-            )
-            expanded = tile_means.repeat_interleave(block_rows, 0).repeat_interleave(
-                block_columns, 1
-            )
-            return expanded[:rows, :columns]
+            tile_sizes = _tile_sums(torch.ones_like(scores), block_rows, block_columns)
+            tile_means = _tile_sums(scores, block_rows, block_columns) / tile_sizes
+            return tile_means.reshape(-1), tile_sizes.reshape(-1).to(torch.int64)
         case VectorWise(vector=vector, keep=None):
-            # the unit is one rank position across runs: the j-th lowest weight of every run
+            # the unit is one rank position across runs: the j-th lowest weight of every run;
+            # the shorter last run of each row ranks among its own kind
             full = columns // vector * vector
-            pieces = []
-            if full:
-                pieces.append(
-                    _rank_means(scores[:, :full].reshape(rows, -1, vector)).reshape(rows, full)
-                )
-            if full < columns:  # the shorter last run of each row ranks among its own kind
-                pieces.append(_rank_means(scores[:, full:].reshape(rows, 1, -1)).reshape(rows, -1))
-            return torch.cat(pieces, dim=1)
+            runs = [
+                scores[:, :full].reshape(rows, -1, vector),
+                scores[:, full:].reshape(rows, 1, -1),
+            ]
+            runs = [run for run in runs if run.numel()]
+            means = torch.cat([torch.sort(run, dim=-1).values.mean(dim=(0, 1)) for run in runs])
+            sizes = torch.cat(
+                [torch.full((run.shape[2],), run.shape[0] * run.shape[1]) for run in runs]
+            )
+            return means, sizes
     raise ValueError(
         f"allocation='global' does not support pattern {pattern!r}; use allocation='uniform' or "
         "a {layer name: sparsity} dict"
@@ -248,13 +258,3 @@ def _tile_sums(values: torch.Tensor, block_rows: int, block_columns: int) -> tor
     padded = F.pad(values, (0, -columns % block_columns, 0, -rows % block_rows))
     down, across = padded.shape[0] // block_rows, padded.shape[1] // block_columns
     return padded.reshape(down, block_rows, across, block_columns).sum(dim=(1, 3))
-
-
-def _rank_means(runs: torch.Tensor) -> torch.Tensor:
-    """For (rows, runs, length) runs: each weight gets the mean, over all runs, of the weights
-    with the same rank in their run."""
-    sorted_runs, order = torch.sort(runs, dim=-1, stable=True)
-    class_means = sorted_runs.mean(dim=(0, 1))
-    result = torch.empty_like(runs)
-    result.scatter_(-1, order, class_means.expand_as(runs).contiguous())
-    return result
