@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pruning_helpers import (
+from torch import nn
+
+import groupsparse as gs
+from groupsparse.pruning import taylor_saliency
+from tests.pruning.pruning_helpers import (
     assert_same_state,
     classification_batches,
     cross_entropy,
     snapshot,
     tiny_convnet,
 )
-from torch import nn
-
-import groupsparse as gs
-from groupsparse.pruning import taylor_saliency
 
 
 def test_magnitude_l1_and_l2_rank_group_columns_differently():

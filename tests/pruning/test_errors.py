@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pruning_helpers import (
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+import groupsparse as gs
+from tests.pruning.pruning_helpers import (
     assert_same_state,
     classification_batches,
     cross_entropy,
     snapshot,
     tiny_convnet,
 )
-from torch import nn
-from torch.nn.utils import prune as torch_prune
-
-import groupsparse as gs
 
 BATCHES = classification_batches(count=1)
 

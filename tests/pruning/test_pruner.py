@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pruning_helpers import classification_batches, cross_entropy, tiny_convnet
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import groupsparse as gs
 from groupsparse.layers import gemm_view
+from tests.pruning.pruning_helpers import classification_batches, cross_entropy, tiny_convnet
 
 PATTERNS = [
     ("element", {}),
