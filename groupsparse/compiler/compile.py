@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import fx, nn
 
+from ..layers import prunable_layers
 from ..passes import CompileContext, CompileOptions
 from ..passes.common import META_INPUT, META_LAYER, META_PLAN, META_STRUCTURE
 from .capture import capture
@@ -25,6 +27,8 @@ class SparseModule(nn.Module):
     """The compiled model: a rewritten GraphModule, its per-layer ``report`` and ``plans``.
 
     Its state_dict holds the plans' packed weights and kept columns as buffers.
+    It is a snapshot: the weights are copied at compile time, so later changes to the
+    model's weights do not reach it (compile again to pick them up).
     """
 
     def __init__(self, graph_module: fx.GraphModule, report: Report, steps: list[tuple[str, str]]) -> None:
@@ -94,11 +98,46 @@ def _apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[st
                 f"mask for {name!r} has {mask.numel()} elements but the weight has shape "
                 f"{tuple(parameter.shape)}"
             )
+        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(
+                f"mask for {name!r} must be boolean (or 0/1), True = kept; got {mask.dtype} "
+                "values other than 0 and 1 (scores?)"
+            )
         mask = mask.reshape(parameter.shape).to(device=parameter.device, dtype=torch.bool)
         with torch.no_grad():
-            parameter.mul_(mask)
+            parameter.masked_fill_(~mask, 0)  # not mul_: a NaN in a pruned weight is pruned too
         resolved[name] = mask
     return resolved
+
+
+def _check_exclude(model: nn.Module, exclude: tuple[Any, ...]) -> None:
+    """Every exclude pattern is a string that names (or globs) a layer of the model."""
+    names = {name for name, _ in model.named_modules() if name}
+    names |= {name.removesuffix(".weight") for name, _ in model.named_parameters()}
+    for pattern in exclude:
+        if not isinstance(pattern, str):
+            raise TypeError(f"exclude must be layer names or fnmatch globs; got {pattern!r}")
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            layers = [name for name, _ in prunable_layers(model)]
+            raise ValueError(
+                f"exclude names {pattern!r}, which matches no layer of the model; "
+                f"conv/linear layers: {layers[:12]}{'...' if len(layers) > 12 else ''}"
+            )
+
+
+def _check_finite(model: nn.Module) -> None:
+    """The conv/linear weights are finite: the structure is read from them, and a NaN weight
+    makes every output that reads it NaN, which is a broken model rather than a pruned one."""
+    for layer, module in prunable_layers(model):
+        for kind in ("weight", "bias"):
+            value = getattr(module, kind, None)
+            if isinstance(value, torch.Tensor) and not bool(torch.isfinite(value).all()):
+                count = int((~torch.isfinite(value)).sum())
+                raise ValueError(
+                    f"{layer + '.' + kind!r} has {count} NaN or infinite value(s) (after masking); "
+                    "compile_sparse needs finite weights. Fix the model (did training diverge?), "
+                    "or prune those entries with masks="
+                )
 
 
 def compile_sparse(
@@ -142,8 +181,11 @@ def compile_sparse(
     options = CompileOptions(decide=decide, kernel=kernel, min_speedup=min_speedup)
     if isinstance(exclude, str):
         exclude = (exclude,)
+    exclude = tuple(exclude)
+    _check_exclude(model, exclude)
     work = copy.deepcopy(model).eval()
     resolved = _apply_masks(work, masks or {})
+    _check_finite(work)
     with torch.no_grad():
         try:
             work(*example_inputs)
@@ -153,10 +195,16 @@ def compile_sparse(
                 "inputs the model's forward takes, as a tensor or tuple"
             ) from error
     gm, how = capture(work, example_inputs, capture_with)
-    context = CompileContext(options=options, example_inputs=example_inputs, masks=resolved, exclude=tuple(exclude))
+    context = CompileContext(options=options, example_inputs=example_inputs, masks=resolved, exclude=exclude)
     steps: list[tuple[str, str]] = [("capture", gm.code)]
     gm = run_pipeline(gm, context, on_step=lambda name, graph_module, _: steps.append((name, graph_module.code)))
     plans = [node.meta[META_PLAN] for node in gm.graph.nodes if META_PLAN in node.meta]
+    if not plans:
+        raise ValueError(
+            f"{type(model).__name__} has no conv or linear layer with constant weights"
+            + (f" left after exclude={list(exclude)}" if exclude else "")
+            + ": compile_sparse rewrites nn.Conv2d/nn.Linear (or F.conv2d/F.linear on parameters)"
+        )
     report = Report([ReportRow.from_plan(p) for p in plans], capture=how)
     _forget_plan_tensors(gm)
     return SparseModule(gm, report, steps)

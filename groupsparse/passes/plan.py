@@ -43,6 +43,13 @@ class LayerPlan:
     dense_ms: float | None = None
     sparse_ms: float | None = None
 
+    @property
+    def input_width(self) -> int:
+        """Input channels (conv2d) or features (linear) the layer reads: the ops check it."""
+        if self.kind == "conv2d":
+            return self.columns // (self.geometry[0] * self.geometry[1])
+        return self.columns
+
 
 def _same_padding(size: int, dilation: int) -> tuple[int, int]:
     total = dilation * (size - 1)
@@ -128,10 +135,10 @@ def sparse_call(plan_: LayerPlan, x: torch.Tensor, kernel: str):
     """A zero-argument callable running the plan's kernel on ``x``."""
     if plan_.kind == "linear":
         op = torch.ops.groupsparse.linear_loop if kernel == "loop" else torch.ops.groupsparse.linear
-        return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, False, plan_.rows)
+        return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, False, plan_.rows, plan_.input_width)
     op = torch.ops.groupsparse.conv2d_loop if kernel == "loop" else torch.ops.groupsparse.conv2d
     geometry = list(plan_.geometry)
-    return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, geometry, False, plan_.rows)
+    return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, geometry, False, plan_.rows, plan_.input_width)
 
 
 def _flops(layer: PrunableLayer, x: torch.Tensor | None, kept_columns_total: int) -> tuple[int, int]:

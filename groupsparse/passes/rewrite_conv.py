@@ -21,6 +21,6 @@ def rewrite_conv(gm: fx.GraphModule, context: CompileContext) -> list[str]:
         if plan is None or plan.decision != "sparse" or plan.kind != "conv2d":
             continue
         op = ops.conv2d_loop.default if plan.kernel == "loop" else ops.conv2d.default
-        replace_with_op(gm, node, op, (list(plan.geometry), False, plan.rows))
+        replace_with_op(gm, node, op, (list(plan.geometry), False, plan.rows, plan.input_width))
         rewritten.append(plan.name)
     return rewritten

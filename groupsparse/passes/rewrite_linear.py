@@ -21,6 +21,6 @@ def rewrite_linear(gm: fx.GraphModule, context: CompileContext) -> list[str]:
         if plan is None or plan.decision != "sparse" or plan.kind != "linear":
             continue
         op = ops.linear_loop.default if plan.kernel == "loop" else ops.linear.default
-        replace_with_op(gm, node, op, (False, plan.rows))
+        replace_with_op(gm, node, op, (False, plan.rows, plan.input_width))
         rewritten.append(plan.name)
     return rewritten

@@ -5,14 +5,16 @@ plans as buffers of the GraphModule, and compose with torch.compile and torch.ex
 (each op has a fake kernel). The backend is picked by the input's device, at one place:
 ``_backend``. Nothing here knows of fx.
 
-- ``groupsparse::conv2d(x, weight, columns, bias, geometry, relu, out_channels)``
-- ``groupsparse::linear(x, weight, columns, bias, relu, out_features)``
+- ``groupsparse::conv2d(x, weight, columns, bias, geometry, relu, out_channels, in_channels)``
+- ``groupsparse::linear(x, weight, columns, bias, relu, out_features, in_features)``
 - ``groupsparse::conv2d_loop`` / ``groupsparse::linear_loop``: the earlier per-group
   implementation (one gather and one GEMM per group), kept for benchmarks.
 
 ``weight`` is ``(groups, G, k)``, ``columns`` the kept im2col columns ``(groups, k)``;
 output channel ``g*G + r`` is row r of group g; channels past ``out_channels`` (padding of a
-smaller last group) are dropped.
+smaller last group) are dropped. ``in_channels`` / ``in_features`` is the input width the
+layer was compiled for: the kernels only read the kept columns, so an input of another width
+would otherwise give wrong numbers instead of an error.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _backend(device: torch.device) -> ModuleType:
             )
 
 
-def _check_inputs(x: torch.Tensor, weight: torch.Tensor, columns: torch.Tensor, op: str) -> None:
+def _check_inputs(x: torch.Tensor, weight: torch.Tensor, op: str) -> None:
     if x.dtype != weight.dtype:
         raise TypeError(
             f"groupsparse.{op}: the input is {x.dtype} but the layer was compiled for "
@@ -63,17 +65,42 @@ def _check_inputs(x: torch.Tensor, weight: torch.Tensor, columns: torch.Tensor, 
         )
 
 
+def _check_width(x: torch.Tensor, width: int, dim: int, op: str, what: str) -> None:
+    if x.dim() == 0 or x.shape[dim] != width:
+        raise ValueError(
+            f"groupsparse.{op}: the layer was compiled for inputs with {width} {what}; got an "
+            f"input of shape {tuple(x.shape)}"
+        )
+
+
 def _trim(out: torch.Tensor, channels: int, dim: int) -> torch.Tensor:
     if out.shape[dim] == channels:
         return out
     return out.narrow(dim, 0, channels).contiguous()
 
 
-def _conv_shape(x: torch.Tensor, geometry: list[int], out_channels: int) -> tuple[int, ...]:
+def _conv_shape(
+    x: torch.Tensor, weight: torch.Tensor, geometry: list[int], out_channels: int, in_channels: int, op: str
+) -> tuple[int, ...]:
+    """Checks what a conv2d call gets and returns its output shape."""
     if x.dim() != 4:
-        raise ValueError(f"groupsparse.conv2d expects a 4-D (N, C, H, W) input; got {tuple(x.shape)}")
+        raise ValueError(f"groupsparse.{op} expects a 4-D (N, C, H, W) input; got {tuple(x.shape)}")
+    _check_inputs(x, weight, op)
+    _check_width(x, in_channels, 1, op, "channels (dim 1)")
     out_h, out_w = cpu.conv_output_size(x.shape[2], x.shape[3], tuple(geometry))
+    if out_h < 1 or out_w < 1:
+        raise ValueError(
+            f"groupsparse.{op}: the input's (H, W) = {tuple(x.shape[2:])} is smaller than the "
+            f"padded kernel (kernel, stride, padding, dilation = {list(geometry)})"
+        )
     return (x.shape[0], out_channels, out_h, out_w)
+
+
+def _linear_shape(x: torch.Tensor, weight: torch.Tensor, out_features: int, in_features: int, op: str) -> tuple[int, ...]:
+    """Checks what a linear call gets and returns its output shape."""
+    _check_inputs(x, weight, op)
+    _check_width(x, in_features, -1, op, "features (last dim)")
+    return (*x.shape[:-1], out_features)
 
 
 @torch.library.custom_op("groupsparse::conv2d", mutates_args=())
@@ -85,9 +112,9 @@ def conv2d(
     geometry: list[int],
     relu: bool,
     out_channels: int,
+    in_channels: int,
 ) -> torch.Tensor:
-    _check_inputs(x, weight, columns, "conv2d")
-    _conv_shape(x, geometry, out_channels)
+    _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d")
     out = _backend(x.device).grouped_conv2d(x, weight, columns, bias, tuple(geometry), relu)
     return _trim(out, out_channels, 1)
 
@@ -101,9 +128,9 @@ def conv2d_loop(
     geometry: list[int],
     relu: bool,
     out_channels: int,
+    in_channels: int,
 ) -> torch.Tensor:
-    _check_inputs(x, weight, columns, "conv2d_loop")
-    _conv_shape(x, geometry, out_channels)
+    _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d_loop")
     out = _backend(x.device).loop_conv2d(x, weight, columns, bias, tuple(geometry), relu)
     return _trim(out, out_channels, 1)
 
@@ -116,8 +143,9 @@ def linear(
     bias: torch.Tensor | None,
     relu: bool,
     out_features: int,
+    in_features: int,
 ) -> torch.Tensor:
-    _check_inputs(x, weight, columns, "linear")
+    _linear_shape(x, weight, out_features, in_features, "linear")
     out = _backend(x.device).grouped_linear(x, weight, columns, bias, relu)
     return _trim(out, out_features, -1)
 
@@ -130,18 +158,21 @@ def linear_loop(
     bias: torch.Tensor | None,
     relu: bool,
     out_features: int,
+    in_features: int,
 ) -> torch.Tensor:
-    _check_inputs(x, weight, columns, "linear_loop")
+    _linear_shape(x, weight, out_features, in_features, "linear_loop")
     out = _backend(x.device).loop_linear(x, weight, columns, bias, relu)
     return _trim(out, out_features, -1)
 
 
-def _fake_conv(x, weight, columns, bias, geometry, relu, out_channels):
-    return x.new_empty(_conv_shape(x, geometry, out_channels))
+# The fake kernels check what the real ones check, so a meta-device input given to a module
+# whose weights are on the CPU is refused rather than answered with a meta tensor.
+def _fake_conv(x, weight, columns, bias, geometry, relu, out_channels, in_channels):
+    return x.new_empty(_conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d"))
 
 
-def _fake_linear(x, weight, columns, bias, relu, out_features):
-    return x.new_empty((*x.shape[:-1], out_features))
+def _fake_linear(x, weight, columns, bias, relu, out_features, in_features):
+    return x.new_empty(_linear_shape(x, weight, out_features, in_features, "linear"))
 
 
 for _op in (conv2d, conv2d_loop):

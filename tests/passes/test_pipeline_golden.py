@@ -23,12 +23,12 @@ def forward(self, x):
     groupsparse_conv_weight = self.groupsparse_conv_weight
     groupsparse_conv_columns = self.groupsparse_conv_columns
     groupsparse_conv_bias = self.groupsparse_conv_bias
-    conv2d_default = torch.ops.groupsparse.conv2d.default(x, groupsparse_conv_weight, groupsparse_conv_columns, groupsparse_conv_bias, [3, 3, 1, 1, 1, 1, 1, 1, 1, 1], True, 8);  x = groupsparse_conv_weight = groupsparse_conv_columns = groupsparse_conv_bias = None
+    conv2d_default = torch.ops.groupsparse.conv2d.default(x, groupsparse_conv_weight, groupsparse_conv_columns, groupsparse_conv_bias, [3, 3, 1, 1, 1, 1, 1, 1, 1, 1], True, 8, 4);  x = groupsparse_conv_weight = groupsparse_conv_columns = groupsparse_conv_bias = None
     flatten = torch.flatten(conv2d_default, 1);  conv2d_default = None
     groupsparse_fc_weight = self.groupsparse_fc_weight
     groupsparse_fc_columns = self.groupsparse_fc_columns
     groupsparse_fc_bias = self.groupsparse_fc_bias
-    linear_default = torch.ops.groupsparse.linear.default(flatten, groupsparse_fc_weight, groupsparse_fc_columns, groupsparse_fc_bias, False, 6);  flatten = groupsparse_fc_weight = groupsparse_fc_columns = groupsparse_fc_bias = None
+    linear_default = torch.ops.groupsparse.linear.default(flatten, groupsparse_fc_weight, groupsparse_fc_columns, groupsparse_fc_bias, False, 6, 128);  flatten = groupsparse_fc_weight = groupsparse_fc_columns = groupsparse_fc_bias = None
     return linear_default
 """
 
