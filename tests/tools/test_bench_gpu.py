@@ -1,0 +1,83 @@
+"""tools/bench_gpu.py on the CPU: its command line, and the pieces whose numbers it reports
+(the group packing fed to the runtime, the torch.sparse baselines) compute what they claim."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "bench_gpu.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_runs_without_a_gpu():
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+    )
+    assert "--dry-run" in result.stdout and "--out" in result.stdout
+
+
+def test_without_a_gpu_it_points_to_dry_run(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--dry-run" in result.stdout
+
+
+@pytest.mark.parametrize("group_size", [4, 5])
+def test_pack_groups_reproduces_the_pruned_layer(bench, group_size):
+    generator = torch.Generator().manual_seed(0)
+    matrix = torch.randn(10, 24, generator=generator)
+    matrix[torch.rand(10, 24, generator=generator) < 0.6] = 0  # unequal groups: padded
+    x = torch.randn(7, 24, generator=generator)
+
+    weight, columns = bench.pack_groups(matrix, group_size)
+
+    from groupsparse.runtime import cpu
+
+    out = cpu.grouped_linear(x, weight, columns, None)
+    torch.testing.assert_close(out[:, :10], F.linear(x, matrix))
+    assert torch.equal(out[:, 10:], torch.zeros_like(out[:, 10:]))
+
+
+@pytest.mark.parametrize("layout", ["csr", "bsr"])
+def test_sparse_baselines_compute_the_dense_layers(bench, layout):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+    linear = nn.Linear(32, 48)
+    x = torch.randn(2, 16, 9, 9)
+    tokens = torch.randn(3, 5, 32)
+    with torch.no_grad():
+        conv.weight[torch.rand_like(conv.weight) < 0.5] = 0
+        linear.weight[torch.rand_like(linear.weight) < 0.5] = 0
+
+    sparse_conv = bench._sparse_layer(conv, layout)
+    sparse_linear = bench._sparse_layer(linear, layout)
+
+    with torch.no_grad():
+        torch.testing.assert_close(sparse_conv(x), conv(x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(sparse_linear(tokens), linear(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_bsr_baseline_leaves_layers_without_whole_blocks_dense(bench):
+    assert bench._sparse_layer(nn.Conv2d(3, 64, 3), "bsr") is None  # K = 27
