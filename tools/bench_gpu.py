@@ -22,6 +22,23 @@ Results go to ``<out>/results.json`` (updated after every step, merged with what
 there, so models can be run in separate calls), ``<out>/end_to_end.png``,
 ``<out>/layers.png`` and ``<out>/tests_cuda.log``.
 
+On this workplace's lent GPU machines (no network, python 3.12, torch with CUDA 13,
+cuda-bindings but no nvmath-python): download the missing wheels here once, into an ignored
+folder that travels with ``carry``::
+
+    echo /.whl/ >> .git/info/exclude
+    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+        -d .whl nvmath-python==1.0.0 cuda-pathfinder==1.9.1
+
+then, per call (carry ``.whl``; one model per call keeps each under the 10-minute limit;
+results.json merges across calls when the folder's earlier files are in the working tree)::
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site || exit
+    PYTHONUNBUFFERED=1 python3 tools/bench_gpu.py --out bench/results/h100 --models vgg16
+    cp bench/results/h100/* $OUT/
+
 ``--dry-run`` runs the same harness on this machine's CPU with two small models, batch 2,
 float32 and two timed runs (no GPU variants), to check the script itself; ``--plot-only``
 redraws the plots from an existing results.json.
@@ -113,9 +130,15 @@ class Timer:
             return statistics.median(start.elapsed_time(end) for start, end in pairs)
 
 
+@functools.cache
+def _side_stream() -> torch.cuda.Stream:
+    # one for the whole run: groupsparse keeps a cuBLAS workspace per stream it has seen
+    return torch.cuda.Stream()
+
+
 def graphed(call: Callable[[], Any]) -> Callable[[], Any]:
     """``call`` captured in a CUDA graph (after a warm-up on a side stream); returns replay."""
-    side = torch.cuda.Stream()
+    side = _side_stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.inference_mode(), torch.cuda.stream(side):
         for _ in range(3):
@@ -738,6 +761,10 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models:
         print(f"== {name}", flush=True)
         run_model(name, args, results, gs)
+        if device.type == "cuda":
+            from groupsparse.runtime.cuda import clear_caches
+
+            clear_caches()  # the next model's layers have other shapes
     for path in plot(results.data, args.out):
         print("wrote", path)
     tests = results.data.get("tests")

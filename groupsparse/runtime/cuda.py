@@ -58,6 +58,8 @@ __all__ = [
     "CudaBackendError",
     "GroupedBatchedGemm",
     "StridedBatchedGemm",
+    "clear_caches",
+    "compile_kernels",
     "conv_gather_table",
     "conv_gemm",
     "conv_grouped_gemm",
@@ -541,6 +543,17 @@ class _Runtime:
             "check that the GPU is visible (CUDA_VISIBLE_DEVICES) and not in exclusive use",
         )
         _check_driver(driver.cuCtxSetCurrent(primary), "cuCtxSetCurrent", "check the driver")
+
+
+def clear_caches() -> None:
+    """Free what earlier calls kept for reuse (index tables, grouped-GEMM offsets and pointer
+    arrays, cuBLAS workspaces); compiled kernels and handles stay. Waits for the GPU first.
+    CUDA graphs captured before must not be replayed afterwards."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    _RUNTIME.tables.clear()
+    _RUNTIME.grouped.clear()
+    _RUNTIME.workspaces.clear()
 
 
 def _check_columns(columns: torch.Tensor, limit: int) -> None:

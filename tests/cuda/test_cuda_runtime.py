@@ -189,6 +189,20 @@ def test_memory_is_stable_over_repeated_calls():
     assert torch.cuda.memory_allocated() == before
 
 
+def test_clear_caches_frees_memory_and_calls_still_work():
+    x, weight, columns, bias, geometry = _conv_problem(CONV_CASES[2], torch.float16)
+    expected = cuda.grouped_conv2d(x, weight, columns, bias, geometry, True)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+
+    cuda.clear_caches()
+
+    assert torch.cuda.memory_allocated() < before
+    torch.testing.assert_close(
+        cuda.grouped_conv2d(x, weight, columns, bias, geometry, True), expected
+    )
+
+
 @pytest.mark.parametrize(
     "case", [CONV_CASES[0], CONV_CASES[2]], ids=["one-image-strided", "batch-grouped"]
 )
