@@ -1,6 +1,7 @@
 """groupsparse: a PyTorch compiler that makes pruned conv and linear layers actually faster."""
 
 from .compiler import Report, SparseModule, compile_sparse
+from .inspection import Inspection, inspect
 from .layers import from_gemm_view, gemm_view, prunable_layers
 from .patterns import (
     BlockWise,
@@ -31,6 +32,7 @@ __all__ = [
     "FilterWise",
     "Gradual",
     "GroupWise",
+    "Inspection",
     "Magnitude",
     "OneShot",
     "Pattern",
@@ -44,6 +46,7 @@ __all__ = [
     "existing_masks",
     "from_gemm_view",
     "gemm_view",
+    "inspect",
     "prunable_layers",
     "prune",
     "resolve_criterion",

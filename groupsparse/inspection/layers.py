@@ -1,0 +1,161 @@
+"""Per-layer facts for inspection: the mask the compiled module runs, each group's kept
+columns, and the bytes a layer's GEMM moves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from ..compiler import ReportRow, SparseModule
+from ..passes import CompileContext, CompileOptions
+from ..passes.common import (
+    CONV_FUNCTIONS,
+    LINEAR_FUNCTIONS,
+    META_PLAN,
+    function_layer,
+    module_layer,
+)
+
+__all__ = ["LayerInspection", "inspect_layers", "layer_nodes"]
+
+
+@dataclass(frozen=True)
+class LayerInspection:
+    """One prunable layer as inspection sees it.
+
+    - ``row``: the compiler's ReportRow (decision and reason included).
+    - ``mask``: the (M, K) boolean mask (True = kept), or None when it cannot be recovered.
+    - ``group_kept``: kept columns of each row-group (one entry per group; one entry for
+      the whole layer when the pattern is not group-wise).
+    - ``bytes_dense`` / ``bytes_sparse``: bytes the layer's GEMM reads and writes on the
+      example input: weights + input columns + output, dense and as run (the packed weights
+      and the gathered columns of each group when rewritten).
+    """
+
+    row: ReportRow
+    mask: torch.Tensor | None
+    group_kept: tuple[int, ...]
+    bytes_dense: int
+    bytes_sparse: int
+
+    @property
+    def name(self) -> str:
+        return self.row.name
+
+
+def layer_nodes(graph_module: fx.GraphModule) -> dict[str, fx.Node]:
+    """{layer name: the graph node that runs it} for every layer the compiler planned."""
+    return {
+        node.meta[META_PLAN].name: node
+        for node in graph_module.graph.nodes
+        if META_PLAN in node.meta
+    }
+
+
+def _attribute(graph_module: fx.GraphModule, node: fx.Node) -> torch.Tensor:
+    value = graph_module
+    for part in str(node.target).split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _rewritten_mask(
+    graph_module: fx.GraphModule, node: fx.Node
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mask rebuilt from the plan buffers, packed weights (groups, G, k) and kept columns
+    (groups, k), and those packed weights. Padding repeats a kept column with zero weights,
+    so a group whose packed weights are all zero keeps nothing."""
+    plan = node.meta[META_PLAN]
+    weight = _attribute(graph_module, node.args[1])
+    columns = _attribute(graph_module, node.args[2])
+    mask = torch.zeros(plan.rows, plan.columns, dtype=torch.bool)
+    for group in range(columns.shape[0]):
+        if not bool(weight[group].any()):
+            continue
+        start, stop = group * plan.group_size, min((group + 1) * plan.group_size, plan.rows)
+        mask[start:stop, columns[group].unique().cpu()] = True
+    return mask, weight
+
+
+def _dense_weight(graph_module: fx.GraphModule, node: fx.Node | None) -> torch.Tensor | None:
+    """The weight of a layer left dense, read from the graph as find_prunable reads it."""
+    layer = None
+    if node is None:
+        return None
+    if node.op == "call_module":
+        layer = module_layer(str(node.target), graph_module.get_submodule(node.target))
+    elif node.op == "call_function" and (
+        node.target in CONV_FUNCTIONS or node.target in LINEAR_FUNCTIONS
+    ):
+        layer = function_layer(
+            graph_module, node, CompileContext(options=CompileOptions(), example_inputs=())
+        )
+    return None if layer is None else layer.weight.detach()
+
+
+def _given_mask(masks: Mapping[str, torch.Tensor], row: ReportRow) -> torch.Tensor | None:
+    for key in (f"{row.name}.weight", row.name):
+        if key in masks:
+            return torch.as_tensor(masks[key]).reshape(row.shape).to(torch.bool).cpu()
+    return None
+
+
+def _mask_and_weight(
+    graph_module: fx.GraphModule,
+    node: fx.Node | None,
+    row: ReportRow,
+    masks: Mapping[str, torch.Tensor],
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    if node is not None and row.decision == "sparse":
+        return _rewritten_mask(graph_module, node)
+    weight = _dense_weight(graph_module, node)
+    mask = _given_mask(masks, row)
+    if mask is None and weight is not None:
+        mask = (weight.reshape(row.shape) != 0).cpu()
+    return mask, weight
+
+
+def _group_kept(mask: torch.Tensor | None, row: ReportRow) -> tuple[int, ...]:
+    """Kept columns of each group of ``row.group_size`` rows (the whole layer if not group-wise)."""
+    if mask is None:
+        return ()
+    if row.pattern != "group":
+        return (int(mask.sum()),)
+    return tuple(int(mask[start].sum()) for start in range(0, row.shape[0], row.group_size))
+
+
+def _bytes(row: ReportRow, group_kept: tuple[int, ...], element_size: int) -> tuple[int, int]:
+    rows, columns = row.shape
+    positions = row.flops_dense // (2 * rows * columns)  # output positions (N*H*W or tokens)
+    dense = (rows * columns + columns * positions + rows * positions) * element_size
+    if row.decision != "sparse" or not group_kept:
+        return dense, dense
+    padded = max(group_kept)  # every group is padded to the largest
+    sparse = (
+        row.groups * row.group_size * padded + row.groups * padded * positions + rows * positions
+    ) * element_size
+    return dense, sparse
+
+
+def inspect_layers(
+    compiled: SparseModule, masks: Mapping[str, torch.Tensor] | None = None
+) -> list[LayerInspection]:
+    """A LayerInspection per row of ``compiled.report``, in report order.
+
+    Masks come from the plan buffers for rewritten layers; for layers left dense from
+    ``masks`` ({parameter or layer name: mask}) when given, else from the weights' zeros.
+    """
+    graph_module = compiled.graph_module
+    nodes = layer_nodes(graph_module)
+    layers = []
+    for row in compiled.report:
+        mask, weight = _mask_and_weight(graph_module, nodes.get(row.name), row, masks or {})
+        group_kept = _group_kept(mask, row)
+        bytes_dense, bytes_sparse = _bytes(
+            row, group_kept, 4 if weight is None else weight.element_size()
+        )
+        layers.append(LayerInspection(row, mask, group_kept, bytes_dense, bytes_sparse))
+    return layers
