@@ -23,7 +23,7 @@ def _unavailable_reason() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     reason = _unavailable_reason()
     for item in items:
-        if _HERE not in Path(item.fspath).parents:
+        if _HERE not in item.path.parents:
             continue
         item.add_marker(pytest.mark.cuda)
         if reason is not None:
