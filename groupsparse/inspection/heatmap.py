@@ -30,7 +30,7 @@ def mask_png(mask: torch.Tensor, group_size: int, title: str) -> bytes:
 
     rows, columns = mask.shape
     width = 5.5
-    height = min(3.6, max(1.6, width * rows / columns + 1.0))
+    height = min(3.0, max(1.6, width * rows / columns + 1.0))
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     axes = figure.add_subplot()
     axes.imshow(

@@ -24,11 +24,13 @@ th {{ background: #e9ecef; }}
 tr.sparse td {{ background: {REWRITTEN_COLOR}; }}
 tr.dense td {{ background: {DENSE_COLOR}; }}
 .legend span {{ display: inline-block; padding: 2px 8px; margin-right: 8px; border: 1px solid #adb5bd; }}
-.graph {{ overflow: auto; max-height: 900px; border: 1px solid #dee2e6; }}
+.pair {{ display: flex; gap: 16px; align-items: flex-start; }}
+.graph-column {{ flex: 0 0 auto; max-width: 45%; }}
+.graph {{ overflow: auto; max-height: 1400px; border: 1px solid #dee2e6; }}
 .masks {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-.masks section {{ border: 1px solid #dee2e6; padding: 6px; width: 560px; }}
+.masks section {{ border: 1px solid #dee2e6; padding: 6px; width: 470px; }}
 .masks section p {{ font-size: 0.85em; margin: 0.3em 0; }}
-.masks img {{ width: 550px; }}
+.masks img {{ width: 460px; }}
 pre {{ background: #f8f9fa; padding: 8px; overflow: auto; font-size: 0.78em; }}
 .add {{ color: #2b8a3e; }} .del {{ color: #c92a2a; }} .hunk {{ color: #1864ab; }}
 """
@@ -108,10 +110,12 @@ def render_page(inspection: Inspection, svg: str, heatmaps: dict[str, bytes]) ->
 {legend}
 <h2>Layers</h2>
 {_table(inspection)}
-<h2>Rewritten graph</h2>
-<div class="graph">{_inline_svg(svg)}</div>
-<h2>Masks on the (M, K) view</h2>
-{_masks(inspection, heatmaps)}
+<div class="pair">
+<div class="graph-column"><h2>Rewritten graph</h2>
+<div class="graph">{_inline_svg(svg)}</div></div>
+<div><h2>Masks on the (M, K) view</h2>
+{_masks(inspection, heatmaps)}</div>
+</div>
 <h2>Graph after each pipeline step</h2>
 {_steps(inspection)}
 <h2>Diff: captured graph to rewritten graph</h2>
