@@ -176,7 +176,7 @@ class Inspection:
         row = found.row
         size = row.group_size if row.pattern == "group" else row.shape[0]
         groups = f", {row.groups} groups x {row.group_size} rows" if row.pattern == "group" else ""
-        title = f"{row.name}: {row.pattern}{groups}, kept {row.kept_fraction:.0%}, {row.decision}"
+        title = f"{row.name}\n{row.pattern}{groups}, kept {row.kept_fraction:.0%}, {row.decision}"
         return mask_png(found.mask, size, title)
 
     def to_html(self, directory: str | Path) -> Path:

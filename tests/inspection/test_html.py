@@ -8,6 +8,7 @@ import io
 import re
 
 import pytest
+import torch
 
 import groupsparse as gs
 from groupsparse.inspection.graph import DENSE_COLOR, REWRITTEN_COLOR, anchor
@@ -114,3 +115,17 @@ def test_browser_check_sees_console_errors(tmp_path):
     loaded = load_in_browser(page, probe=False)
     assert any('"boom"' in line for line in loaded.console)
     assert any("missing is not defined" in line for line in loaded.console)
+
+
+def test_large_masks_are_drawn_as_the_kept_share_of_each_pixel():
+    from groupsparse.inspection.heatmap import _MAX_PIXELS, _kept_density
+
+    mask = torch.zeros(3001, 25088, dtype=torch.bool)  # VGG-16's first linear is 4096 x 25088
+    mask[:, ::2] = True  # every other column kept
+    density = _kept_density(mask)
+    assert density.shape[0] <= _MAX_PIXELS[0] and density.shape[1] <= _MAX_PIXELS[1]
+    assert torch.allclose(
+        density, torch.full_like(density, 0.5), atol=1 / 13
+    )  # 13 columns per pixel
+    small = torch.rand(64, 288) > 0.5
+    assert torch.equal(_kept_density(small), small.float())  # small masks are drawn as they are
