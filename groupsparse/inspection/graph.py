@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from torch import fx
 
 from ..compiler import ReportRow
 from ..passes.common import META_PLAN
+
+if TYPE_CHECKING:
+    import graphviz
 
 __all__ = ["DENSE_COLOR", "REWRITTEN_COLOR", "anchor", "graph_dot", "graph_svg"]
 
@@ -65,9 +69,14 @@ def _layer_attributes(row: ReportRow, op: str) -> dict[str, str]:
     }
 
 
-def graph_dot(graph_module: fx.GraphModule, rows: Mapping[str, ReportRow]):
+def graph_dot(graph_module: fx.GraphModule, rows: Mapping[str, ReportRow]) -> graphviz.Digraph:
     """A ``graphviz.Digraph`` of the graph's data flow (parameters and plan buffers left out)."""
-    import graphviz
+    try:
+        import graphviz
+    except ImportError as error:
+        raise ImportError(
+            "drawing the graph needs the graphviz package: pip install 'groupsparse[viz]'"
+        ) from error
 
     dot = graphviz.Digraph(
         "groupsparse",

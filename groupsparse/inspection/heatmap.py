@@ -53,8 +53,13 @@ def mask_png(mask: torch.Tensor, group_size: int, title: str) -> bytes:
         >>> png[:8] == b"\\x89PNG\\r\\n\\x1a\\n"
         True
     """
-    from matplotlib.colors import LinearSegmentedColormap
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.colors import LinearSegmentedColormap
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "drawing masks needs matplotlib: pip install 'groupsparse[viz]'"
+        ) from error
 
     rows, columns = mask.shape
     width = 5.5
