@@ -114,7 +114,9 @@ def conv2d(
     out_channels: int,
     in_channels: int,
 ) -> torch.Tensor:
-    _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d")
+    shape = _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d")
+    if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
+        return x.new_empty(shape)
     out = _backend(x.device).grouped_conv2d(x, weight, columns, bias, tuple(geometry), relu)
     return _trim(out, out_channels, 1)
 
@@ -130,7 +132,9 @@ def conv2d_loop(
     out_channels: int,
     in_channels: int,
 ) -> torch.Tensor:
-    _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d_loop")
+    shape = _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d_loop")
+    if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
+        return x.new_empty(shape)
     out = _backend(x.device).loop_conv2d(x, weight, columns, bias, tuple(geometry), relu)
     return _trim(out, out_channels, 1)
 
@@ -145,7 +149,9 @@ def linear(
     out_features: int,
     in_features: int,
 ) -> torch.Tensor:
-    _linear_shape(x, weight, out_features, in_features, "linear")
+    shape = _linear_shape(x, weight, out_features, in_features, "linear")
+    if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
+        return x.new_empty(shape)
     out = _backend(x.device).grouped_linear(x, weight, columns, bias, relu)
     return _trim(out, out_features, -1)
 
@@ -160,7 +166,9 @@ def linear_loop(
     out_features: int,
     in_features: int,
 ) -> torch.Tensor:
-    _linear_shape(x, weight, out_features, in_features, "linear_loop")
+    shape = _linear_shape(x, weight, out_features, in_features, "linear_loop")
+    if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
+        return x.new_empty(shape)
     out = _backend(x.device).loop_linear(x, weight, columns, bias, relu)
     return _trim(out, out_features, -1)
 
