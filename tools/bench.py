@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/baselines.py, 
 
 from baselines import nm_cpu_kernel, probe_cpu_kernels, to_sparse_layout
 
-__all__ = ["METHODS", "excluded_layers", "main", "nm_pattern"]
+__all__ = ["METHODS", "excluded_layers", "main", "nm_pattern", "parse_model"]
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("vgg16", "resnet50", "bert-base", "vit-b16")
@@ -80,25 +80,49 @@ TOLERANCE = {"csr": 1e-3, "bsr": 1e-3}
 DEFAULT_TOLERANCE = 1e-4
 
 # --quick: the same architectures on smaller inputs or with fewer layers, one sparsity
-QUICK_MODEL_ARGS: dict[str, dict[str, int]] = {
-    "vgg16": {"image_size": 64},
-    "resnet50": {"image_size": 64},
-    "bert-base": {"num_layers": 2},
-    "vit-b16": {"num_layers": 2},
-}
+QUICK_MODELS = (
+    "vgg16:image_size=64",
+    "resnet50:image_size=64",
+    "bert-base:num_layers=2",
+    "vit-b16:num_layers=2",
+)
 QUICK_SPARSITIES = (0.75,)
 QUICK_RUNS = 3
 
-# Seconds for one sparsity of a full-size model at --runs 10 (all patterns, batch 1, 2
-# threads): (setup: pruning, compiling, checking; one timed round: every method once).
-# Measured with this script on a 2-core AMD EPYC shared with other jobs, so an upper bound.
+# Seconds for one sparsity of a model (all patterns, batch 1, 2 threads): (setup: pruning,
+# compiling, checking; one timed round: every method called once). Measured with this script
+# on a 2-core AMD EPYC shared with other jobs, so an upper bound.
 _COST_S: dict[str, tuple[float, float]] = {
     "vgg16": (420.0, 18.0),
     "resnet50": (240.0, 4.0),
     "bert-base": (200.0, 8.0),
     "vit-b16": (220.0, 10.0),
+    "vgg16:image_size=64": (140.0, 1.5),
+    "resnet50:image_size=64": (140.0, 0.5),
+    "bert-base:num_layers=2": (70.0, 1.5),
+    "vit-b16:num_layers=2": (70.0, 1.5),
 }
 _SMALL_MODEL_COST_S = (30.0, 0.05)
+
+
+def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"bert-base:num_layers=2,seq_len=64"`` -> ("bert-base", {"num_layers": 2, "seq_len": 64});
+    the arguments go to ``build_model``."""
+    name, _, arguments = spec.partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, arguments.split(",")):
+        key, equals, value = item.partition("=")
+        if not equals:
+            raise ValueError(f"model {spec!r}: write builder arguments as key=value; got {item!r}")
+        for kind in (int, float):
+            try:
+                kwargs[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            kwargs[key.strip()] = value.strip()
+    return name.strip(), kwargs
 
 
 def nm_pattern(sparsity: float) -> str:
@@ -183,7 +207,7 @@ class Variant:
     implementation: str
     check: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    setup_s: float = 0.0
+    setup_s: float = 0.0  # building (compiling) and checking, not pruning
     error: str | None = None
 
 
@@ -262,6 +286,7 @@ class Cell:
     layers: list[dict] | None = None  # compile_sparse's report
     layers_torch_compile: list[list[dict]] | None = None  # the backend's, one list per graph
     nm: str | None = None
+    prune_s: dict[str, float] = field(default_factory=dict)
 
 
 def _build_cell(
@@ -300,7 +325,7 @@ def _build_cell(
                 cell.variants[method] = _failed(f"pruning {pattern}", error)
             progress.update(1)
             continue
-        prune_s = time.perf_counter() - start
+        cell.prune_s[pattern] = round(time.perf_counter() - start, 2)
         for method in methods:
             start = time.perf_counter()
             try:
@@ -309,7 +334,7 @@ def _build_cell(
                 )
             except Exception as error:  # noqa: BLE001 (recorded in the results; the run goes on)
                 variant = _failed(f"building {method}", error)
-            variant.setup_s = prune_s + time.perf_counter() - start
+            variant.setup_s = time.perf_counter() - start
             cell.variants[method] = variant
         progress.update(1)
     if "vector" in args.patterns:
@@ -335,20 +360,12 @@ def _build_variant(
                 method, method, pruned, exclude, example, context["kernels"], seed
             )
         case "vector":
-            why = context["nm_kernel"]
-            if why is None:
-                note = "torch has a CPU N:M kernel now, but this benchmark does not use it yet"
-                return Variant(
-                    run=lambda: pruned(*example),
-                    implementation="dense",
-                    check=_checked(method, pruned, None, example, seed),
-                    notes=[note],
-                )
+            why = context["nm_kernel"]  # None when torch has a CPU N:M kernel (not in 2.13)
             return Variant(
                 run=lambda: pruned(*example),
-                implementation="dense (no N:M CPU kernel)",
+                implementation="dense (no N:M CPU kernel)" if why else "dense (N:M kernel unused)",
                 check=_checked(method, pruned, None, example, seed),
-                notes=[why],
+                notes=[why] if why else [],
             )
         case "loop":
             loop = gs.compile_sparse(pruned, example, kernel="loop", decide="always")
@@ -393,7 +410,7 @@ def _failed(stage: str, error: Exception) -> Variant:
 def _time(
     functions: dict[str, Callable[[], Any]], runs: int, warmup: int
 ) -> dict[str, dict[str, float]]:
-    """Median (from time_side_by_side, calls in turns) and spread of each function, in ms."""
+    """Median and spread (quartiles, min, max) of each function in ms, called in turns."""
     from groupsparse.cli import time_side_by_side
 
     samples: dict[str, list[float]] = {name: [] for name in functions}
@@ -407,13 +424,13 @@ def _time(
 
         return call
 
-    medians = time_side_by_side(
-        {name: recorded(name, f) for name, f in functions.items()}, runs, warmup
-    )
+    # time_side_by_side drives the calls in turns; the statistics come from each call's own
+    # clock, so that the median and the spread describe the same samples
+    time_side_by_side({name: recorded(name, f) for name, f in functions.items()}, runs, warmup)
     stats = {}
-    for name, median in medians.items():
+    for name in functions:
         timed = sorted(1e3 * value for value in samples[name][warmup:])
-        q1, _, q3 = (
+        q1, median, q3 = (
             statistics.quantiles(timed, n=4, method="inclusive")
             if len(timed) > 1
             else [timed[0]] * 3
@@ -467,13 +484,11 @@ def estimate_s(args: argparse.Namespace) -> float:
     """Rough wall time of this run (from _COST_S, scaled to runs, sparsities and patterns)."""
     total = 0.0
     pattern_share = (2 + 2 * len(args.patterns)) / 10  # dense, dense-compile, then 2 per pattern
-    for model in args.models:
-        setup, per_round = _COST_S.get(model, _SMALL_MODEL_COST_S)
-        if args.quick and model in QUICK_MODEL_ARGS:
-            setup, per_round = setup / 3, per_round / 10
-        total += (
-            len(args.sparsities) * pattern_share * (setup + (args.runs + args.warmup) * per_round)
-        )
+    for spec in args.models:
+        cost = _COST_S.get(spec) or _COST_S.get(parse_model(spec)[0], _SMALL_MODEL_COST_S)
+        setup, per_round = cost
+        rounds = args.runs + args.warmup + 1  # + the check's call
+        total += len(args.sparsities) * pattern_share * (setup + rounds * per_round)
     return total
 
 
@@ -506,7 +521,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     footnotes: list[str] = []
     for cell in results["cells"]:
         dense_ms = cell["methods"].get("dense", {}).get("median_ms")
-        row = [cell["model_label"], f"{cell['sparsity']:.0%}"]
+        row = [cell["model"], f"{cell['sparsity']:.0%}"]
         for method in methods:
             entry = cell["methods"].get(method)
             if entry is None:
@@ -514,7 +529,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                 continue
             if entry.get("error"):
                 footnotes.append(
-                    f"{cell['model_label']} {cell['sparsity']:.0%} {method}: {entry['error']}"
+                    f"{cell['model']} {cell['sparsity']:.0%} {method}: {entry['error']}"
                 )
                 row.append(f"error [{len(footnotes)}]")
                 continue
@@ -525,7 +540,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                 text += f" {cell['nm']}"
             if not entry["check"].get("passed", False):
                 footnotes.append(
-                    f"{cell['model_label']} {cell['sparsity']:.0%} {method}: check FAILED, max relative "
+                    f"{cell['model']} {cell['sparsity']:.0%} {method}: check FAILED, max relative "
                     f"error {entry['check'].get('max_relative_error', float('nan')):.1e} > {entry['check'].get('tolerance')}"
                 )
                 text += f" FAILED [{len(footnotes)}]"
@@ -559,7 +574,7 @@ def draw_figures(results: dict[str, Any], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    models = list(dict.fromkeys(cell["model_label"] for cell in results["cells"]))
+    models = list(dict.fromkeys(cell["model"] for cell in results["cells"]))
     if not models:
         return written
     columns = min(2, len(models))
@@ -567,7 +582,7 @@ def draw_figures(results: dict[str, Any], out: Path) -> list[Path]:
     figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 4.2 * rows), squeeze=False)
     for axis, model in zip(axes.flat, models):
         cells = sorted(
-            (c for c in results["cells"] if c["model_label"] == model), key=lambda c: c["sparsity"]
+            (c for c in results["cells"] if c["model"] == model), key=lambda c: c["sparsity"]
         )
         for method in METHODS:
             points = [
@@ -613,7 +628,7 @@ def draw_figures(results: dict[str, Any], out: Path) -> list[Path]:
     written.append(path)
 
     for model in models:
-        cells = [c for c in results["cells"] if c["model_label"] == model and c.get("layers")]
+        cells = [c for c in results["cells"] if c["model"] == model and c.get("layers")]
         cells.sort(key=lambda c: c["sparsity"])
         if not cells:
             continue
@@ -669,15 +684,13 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help=(
-        f"a short run that checks the tool: sparsity {QUICK_SPARSITIES[0]}, {QUICK_RUNS} runs, and the "
-        "full-size models reduced (VGG-16/ResNet-50 at 64x64, BERT/ViT with 2 layers)"
+        f"a short run that checks the tool: sparsity {QUICK_SPARSITIES[0]}, {QUICK_RUNS} runs, and "
+        f"the models reduced: {' '.join(QUICK_MODELS)}"
     ))  # fmt: skip
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=list(MODELS),
-        help=f"model names (default: {' '.join(MODELS)})",
-    )
+    parser.add_argument("--models", nargs="+", default=None, help=(
+        f"model names, each with optional build_model arguments, like bert-base:seq_len=384 "
+        f"(default: {' '.join(MODELS)}; --quick: {' '.join(QUICK_MODELS)})"
+    ))  # fmt: skip
     parser.add_argument(
         "--patterns",
         nargs="+",
@@ -729,6 +742,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from groupsparse.models import build_model
 
     args = _parser().parse_args(argv)
+    args.models = args.models or list(QUICK_MODELS if args.quick else MODELS)
     args.sparsities = args.sparsities or list(QUICK_SPARSITIES if args.quick else SPARSITIES)
     args.runs = args.runs or (QUICK_RUNS if args.quick else 10)
     torch.set_num_threads(args.threads)
@@ -748,11 +762,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "sparsities": args.sparsities, "group_size": args.group_size, "bsr_block": BSR_BLOCK,
             "threads": args.threads, "batch": args.batch, "runs": args.runs, "warmup": args.warmup,
             "dtype": "float32", "criterion": "magnitude", "timing": "groupsparse.cli.time_side_by_side",
-            "quick_model_args": QUICK_MODEL_ARGS if args.quick else {},
         },
         "cpu_sparse_kernels": kernels,
         "nm_cpu_kernel": nm_kernel,
-        "nm_cpu_kernel_label": "dense (no N:M CPU kernel)" if nm_kernel else "dense",
+        "nm_cpu_kernel_label": "dense (no N:M CPU kernel)" if nm_kernel else "dense (N:M kernel unused)",
         "methods": {name: label for name, (label, _) in METHODS.items()},
         "cells": [],
     }  # fmt: skip
@@ -767,16 +780,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     steps = len(args.models) * (1 + len(args.sparsities) * (len(args.patterns) + 1))
     with tqdm(total=steps, desc="bench", unit="step", dynamic_ncols=True) as progress:
-        for model_name in args.models:
-            progress.set_description(model_name)
+        for spec in args.models:
+            progress.set_description(spec)
             progress.set_postfix_str("build, dense torch.compile")
             torch._dynamo.reset()
-            model_args = QUICK_MODEL_ARGS.get(model_name, {}) if args.quick else {}
-            label = model_name + (
-                f" ({', '.join(f'{k}={v}' for k, v in model_args.items())})" if model_args else ""
-            )
             try:
                 torch.manual_seed(args.seed)
+                model_name, model_args = parse_model(spec)
                 dense, example = build_model(model_name, batch=args.batch, **model_args)
                 exclude = excluded_layers(dense)
                 dense_compiled = torch.compile(dense)
@@ -788,12 +798,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     ),
                 }
             except Exception as error:  # noqa: BLE001 (recorded in the results; the run goes on)
-                failed = _failed(f"building {model_name}", error)
+                failed = _failed(f"building {spec}", error)
                 for sparsity in args.sparsities:
                     results["cells"].append(
                         {
-                            "model": model_name,
-                            "model_label": label,
+                            "model": spec,
                             "sparsity": sparsity,
                             "error": failed.error,
                             "methods": {},
@@ -803,7 +812,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             progress.update(1)
             for sparsity in args.sparsities:
-                progress.set_description(f"{model_name} {sparsity:.0%}")
+                progress.set_description(f"{spec} {sparsity:.0%}")
                 cell = _build_cell(
                     dense, dense_compiled, example, sparsity, args, exclude, context, progress
                 )
@@ -826,9 +835,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             entry["speedup_vs_dense"] = dense_ms / stats[name]["median_ms"]
                     methods[name] = entry
                 results["cells"].append({
-                    "model": model_name, "model_label": label, "sparsity": sparsity, "nm": cell.nm,
+                    "model": spec, "model_name": model_name, "model_args": model_args, "sparsity": sparsity, "nm": cell.nm,
                     "input_shapes": [list(x.shape) for x in example], "excluded_layers": exclude,
-                    "timing_s": round(timing_s, 1), "methods": methods, "layers": cell.layers,
+                    "prune_s": cell.prune_s, "timing_s": round(timing_s, 1), "methods": methods, "layers": cell.layers,
                     "layers_torch_compile": cell.layers_torch_compile,
                 })  # fmt: skip
                 results["wall_s"] = round(time.perf_counter() - started, 1)
@@ -847,7 +856,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"wrote {out / 'results.json'}, {out / 'table.md'}, " + ", ".join(str(f) for f in figures)
     )
     failed = [
-        (cell["model_label"], cell["sparsity"], name)
+        (cell["model"], cell["sparsity"], name)
         for cell in results["cells"]
         for name, entry in cell["methods"].items()
         if entry.get("error") or not entry["check"].get("passed", False)
