@@ -183,7 +183,17 @@ def _fake_linear(x, weight, columns, bias, relu, out_features, in_features):
     return x.new_empty(_linear_shape(x, weight, out_features, in_features, "linear"))
 
 
+def _no_backward(ctx, grad):
+    raise RuntimeError(
+        "groupsparse ops have no backward: a compiled module is for inference (its weights are "
+        "a packed snapshot). Train the model itself (gs.Pruner keeps its masks), then compile "
+        "it again; or call the compiled module under torch.no_grad()"
+    )
+
+
 for _op in (conv2d, conv2d_loop):
     _op.register_fake(_fake_conv)
 for _op in (linear, linear_loop):
     _op.register_fake(_fake_linear)
+for _op in (conv2d, conv2d_loop, linear, linear_loop):
+    _op.register_autograd(_no_backward)
