@@ -25,11 +25,18 @@ __all__ = [
     "loop_conv2d",
     "loop_linear",
     "conv_output_size",
+    "gather_conv_columns",
 ]
 
 # (kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right,
 #  dilation_h, dilation_w) - a plain tuple so it passes through torch.library as int[]
 ConvGeometry = tuple[int, int, int, int, int, int, int, int, int, int]
+
+# The gathered columns of one tile (all groups, a band of output pixels) are sized to stay
+# in the caches until the GEMM that follows reads them.
+_TILE_BYTES = 8 << 20
+# Below this output width, a stride-1 conv uses the wide grid (see _ConvGrid).
+_NARROW_MIN_WIDTH = 32
 
 
 def conv_output_size(height: int, width: int, geometry: ConvGeometry) -> tuple[int, int]:
@@ -39,37 +46,106 @@ def conv_output_size(height: int, width: int, geometry: ConvGeometry) -> tuple[i
     return out_h, out_w
 
 
-def _column_views(x: torch.Tensor, geometry: ConvGeometry) -> tuple[torch.Tensor, torch.Tensor, int, int]:
-    """The padded input, and a view whose slice at flat offset o is the (OH, OW) window that
-    column o of the im2col matrix would hold. Returns (view, strides helper, OH, OW)."""
+def _padded_flat(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
+    """The zero-padded input as one flat NCHW buffer (also converts channels_last)."""
+    _, _, top, bottom, left, right = geometry[2:8]
+    batch, channels, height, width = x.shape
+    if not (top or bottom or left or right) and x.is_contiguous():
+        return x.reshape(-1)
+    padded = x.new_zeros(batch, channels, height + top + bottom, width + left + right)
+    padded[:, :, top : top + height, left : left + width] = x
+    return padded.view(-1)
+
+
+def _column_offsets(
+    columns: torch.Tensor, geometry: ConvGeometry, padded_h: int, padded_w: int
+) -> torch.Tensor:
+    """Flat offsets into one padded image of each kept im2col column (c, i, j)."""
+    kh, kw, _, _, _, _, _, _, dh, dw = geometry
+    taps = kh * kw
+    channel = torch.div(columns, taps, rounding_mode="floor")
+    tap = columns - channel * taps
+    row = torch.div(tap, kw, rounding_mode="floor")
+    return channel * (padded_h * padded_w) + row * (dh * padded_w) + (tap - row * kw) * dw
+
+
+class _ConvGrid:
+    """Where a conv's im2col columns sit in the flat padded input, and how the work is tiled.
+
+    Column (c, i, j) of image b, for a band of output rows starting at row r, is one window of
+    the flat padded input starting at ``offset(c, i, j) + b * image + r * stride_h * padded_w``.
+
+    - narrow grid: a window is an (rows, out_w) block with row stride ``stride_h * padded_w``.
+    - wide grid (stride 1 only): the GEMM also computes the ``padded_w - out_w`` columns past
+      the end of each output row, so a window is one contiguous run (a plain memcpy). The
+      junk columns are dropped by the epilogue. Used when rows are short (a narrow window
+      copies many tiny runs) or when there is no junk at all (1x1 kernels, no padding).
+    """
+
+    def __init__(self, shape: torch.Size, geometry: ConvGeometry, wide: bool | None) -> None:
+        kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
+        self.batch, self.channels, height, width = shape
+        self.out_h, self.out_w = conv_output_size(height, width, geometry)
+        self.padded_h, self.padded_w = height + top + bottom, width + left + right
+        self.image = self.channels * self.padded_h * self.padded_w
+        self.sh, self.sw = sh, sw
+        if wide is None:
+            wide = self.padded_w == self.out_w or self.out_w < _NARROW_MIN_WIDTH
+        self.wide = wide and sh == 1 and sw == 1
+        if self.wide:
+            self.row_pitch = self.padded_w  # output pixels per output row, junk included
+            # an image's output is out_h rows of padded_w, the last one cut at out_w
+            self.pixels = (self.out_h - 1) * self.padded_w + self.out_w
+        else:
+            self.row_pitch = self.out_w
+            self.pixels = self.out_h * self.out_w
+
+    def windows(self, flat: torch.Tensor, rows: int, last: bool) -> torch.Tensor:
+        """A view whose entry o is the window of ``rows`` output rows starting at offset o.
+
+        ``last``: the band ends at the image's last row (cut at out_w in the wide grid)."""
+        if self.wide:
+            length = rows * self.padded_w - (self.padded_w - self.out_w if last else 0)
+            return flat.as_strided((flat.numel() - length + 1, length), (1, 1))
+        extent = (rows - 1) * self.sh * self.padded_w + (self.out_w - 1) * self.sw + 1
+        return flat.as_strided(
+            (flat.numel() - extent + 1, rows, self.out_w), (1, self.sh * self.padded_w, self.sw)
+        )
+
+    def band_pixels(self, row: int, rows: int) -> tuple[int, int]:
+        """First pixel and pixel count of output rows [row, row + rows) of one image."""
+        start = row * self.row_pitch
+        end = self.pixels if row + rows == self.out_h else (row + rows) * self.row_pitch
+        return start, end - start
+
+
+def _band_size(grid: _ConvGrid, gathered_rows: int, tile_bytes: int, item: int) -> tuple[int, int]:
+    """(images, rows) per tile, so that a tile's gathered columns take about tile_bytes."""
+    rows = max(1, tile_bytes // max(gathered_rows * grid.row_pitch * item, 1))
+    if rows < grid.out_h:
+        return 1, rows
+    return min(grid.batch, max(1, tile_bytes // max(gathered_rows * grid.pixels * item, 1))), grid.out_h
+
+
+def gather_conv_columns(
+    x: torch.Tensor, columns: torch.Tensor, geometry: ConvGeometry
+) -> torch.Tensor:
+    """Reordered im2col: ``(B, len(columns), OH, OW)``, column n holding im2col row columns[n]."""
     kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
     batch, channels, height, width = x.shape
     out_h, out_w = conv_output_size(height, width, geometry)
-    padded = F.pad(x.contiguous(), (left, right, top, bottom)) if (top or bottom or left or right) else x.contiguous()
-    padded_h, padded_w = padded.shape[2], padded.shape[3]
-    plane = padded_h * padded_w
-    # every window start o with o + last window element inside the channel planes
-    starts = channels * plane - ((out_h - 1) * sh * padded_w + (out_w - 1) * sw)
-    windows = padded.as_strided(
-        (batch, starts, out_h, out_w), (channels * plane, 1, sh * padded_w, sw)
-    )
-    return windows, padded, out_h, out_w
-
-
-def _column_offsets(columns: torch.Tensor, geometry: ConvGeometry, padded_h: int, padded_w: int) -> torch.Tensor:
-    """Flat offsets into the padded input of each kept im2col column (c, i, j)."""
-    kh, kw, _, _, _, _, _, _, dh, dw = geometry
-    taps = kh * kw
-    channel = columns // taps
-    tap = columns % taps
-    return channel * (padded_h * padded_w) + (tap // kw) * dh * padded_w + (tap % kw) * dw
-
-
-def gather_conv_columns(x: torch.Tensor, columns: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
-    """Reordered im2col: ``(B, len(columns), OH, OW)``, column n holding im2col row columns[n]."""
-    windows, padded, out_h, out_w = _column_views(x, geometry)
-    offsets = _column_offsets(columns.reshape(-1), geometry, padded.shape[2], padded.shape[3])
-    return windows[:, offsets]
+    flat = _padded_flat(x, geometry)
+    padded_h, padded_w = height + top + bottom, width + left + right
+    offsets = _column_offsets(columns.reshape(-1), geometry, padded_h, padded_w)
+    image = channels * padded_h * padded_w
+    extent = (out_h - 1) * sh * padded_w + (out_w - 1) * sw + 1
+    windows = flat.as_strided((flat.numel() - extent + 1, out_h, out_w), (1, sh * padded_w, sw))
+    starts = (torch.arange(batch, device=x.device) * image)[:, None] + offsets[None, :]
+    if x.device.type == "cpu":
+        # index_select along dim 0 copies each window as a block; advanced indexing would
+        # copy element by element, and index_select on dim 1 materializes the overlapping view
+        return windows.index_select(0, starts.reshape(-1)).view(batch, -1, out_h, out_w)
+    return windows[starts]
 
 
 def _epilogue(out: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -83,21 +159,84 @@ def grouped_conv2d(
     bias: torch.Tensor | None,
     geometry: ConvGeometry,
     relu: bool = False,
+    *,
+    tile_bytes: int = _TILE_BYTES,
+    wide: bool | None = None,
 ) -> torch.Tensor:
-    """Group-sparse conv2d: ``(B, C, H, W)`` -> ``(B, groups*G, OH, OW)``."""
+    """Group-sparse conv2d: ``(B, C, H, W)`` (NCHW or channels_last) -> contiguous NCHW
+    ``(B, groups*G, OH, OW)``.
+
+    Tiled over bands of output pixels: each band's kept columns (all groups) are gathered into
+    a buffer of about ``tile_bytes``, then one batched GEMM writes every group's rows of that
+    band straight into the output. ``wide`` forces the wide (True) or narrow (False) grid
+    (see ``_ConvGrid``); by default it is picked from the shape.
+
+    >>> x = torch.randn(1, 8, 10, 10)
+    >>> columns = torch.stack([torch.randperm(72)[:18].sort().values for _ in range(2)])
+    >>> weight = torch.randn(2, 4, 18)  # 2 groups of 4 output channels, 18 kept columns each
+    >>> grouped_conv2d(x, weight, columns, None, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)).shape
+    torch.Size([1, 8, 10, 10])
+    """
     groups, group_rows, kept = weight.shape
-    batch = x.shape[0]
-    gathered = gather_conv_columns(x, columns, geometry)
-    out_h, out_w = gathered.shape[2], gathered.shape[3]
-    pixels = out_h * out_w
-    gathered = gathered.reshape(batch, groups, kept, pixels)
-    out = torch.empty(batch, groups, group_rows, pixels, dtype=x.dtype, device=x.device)
-    for image in range(batch):
+    grid = _ConvGrid(x.shape, geometry, wide)
+    batch, pixels = grid.batch, grid.pixels
+    flat = _padded_flat(x, geometry)
+    offsets = _column_offsets(columns.reshape(-1), geometry, grid.padded_h, grid.padded_w)
+    images, rows = _band_size(grid, groups * kept, tile_bytes, x.element_size())
+    if images == 1:
+        # per image: (groups, G, pixels) blocks of the NCHW output, written in place
+        out = x.new_empty(batch, groups, group_rows, pixels)
+        view_strides = (groups * group_rows * pixels, group_rows * pixels, pixels)
+    else:
+        # several images per GEMM: (groups, G, images * pixels), transposed by the epilogue
+        out = x.new_empty(groups, group_rows, batch * pixels)
+        view_strides = (pixels, group_rows * batch * pixels, batch * pixels)
+    band_views: dict[tuple[int, bool], torch.Tensor] = {}
+    for image in range(0, batch, images):
+        count = min(images, batch - image)
+        for row in range(0, grid.out_h, rows):
+            band = min(rows, grid.out_h - row)
+            last = row + band == grid.out_h
+            windows = band_views.get((band, last))
+            if windows is None:
+                windows = band_views[(band, last)] = grid.windows(flat, band, last)
+            base = image * grid.image + row * grid.sh * grid.padded_w
+            if count == 1:
+                index = offsets + base if base else offsets
+                start, length = grid.band_pixels(row, band)
+                target = out[image, :, :, start : start + length] if images == 1 else (
+                    out[:, :, image * pixels : (image + 1) * pixels]
+                )
+            else:
+                starts = base + torch.arange(count, device=x.device) * grid.image
+                index = (offsets[:, None] + starts).view(-1)
+                length = count * pixels
+                target = out[:, :, image * pixels : image * pixels + length]
+            gathered = windows.index_select(0, index).view(groups, kept, length)
+            torch.bmm(weight, gathered, out=target)
+    view = out.as_strided(
+        (batch, groups, group_rows, grid.out_h, grid.out_w), (*view_strides, grid.row_pitch, 1)
+    )
+    channels = groups * group_rows
+    if view.is_contiguous():
+        result = out.view(batch, channels, grid.out_h, grid.out_w)
         if bias is None:
-            torch.bmm(weight, gathered[image], out=out[image])
-        else:
-            torch.baddbmm(bias.view(groups, group_rows, 1), weight, gathered[image], out=out[image])
-    return _epilogue(out, relu).view(batch, groups * group_rows, out_h, out_w)
+            return _epilogue(result, relu)
+        if relu:
+            return torch.ops.aten._add_relu_(result, bias.view(-1, 1, 1))
+        return result.add_(bias.view(-1, 1, 1))
+    # junk columns to drop or images to bring to the front: one pass, with bias and ReLU
+    result = x.new_empty(batch, channels, grid.out_h, grid.out_w)
+    target = result.view(view.shape)
+    if bias is None:
+        target.copy_(view)
+        return _epilogue(result, relu)
+    bias5 = bias.view(1, groups, group_rows, 1, 1)
+    if relu:
+        torch.ops.aten._add_relu.out(view, bias5, out=target)
+    else:
+        torch.add(view, bias5, out=target)
+    return result
 
 
 def grouped_linear(
@@ -106,16 +245,32 @@ def grouped_linear(
     columns: torch.Tensor,
     bias: torch.Tensor | None,
     relu: bool = False,
+    *,
+    gather: str = "rows",
 ) -> torch.Tensor:
-    """Group-sparse linear: ``(..., K)`` -> ``(..., groups*G)``."""
+    """Group-sparse linear: ``(..., K)`` -> contiguous ``(..., groups*G)``."""
     groups, group_rows, kept = weight.shape
     tokens = x.reshape(-1, x.shape[-1])
-    gathered = tokens[:, columns.reshape(-1)].view(-1, groups, kept).transpose(0, 1)
-    out = torch.bmm(gathered, weight.transpose(1, 2))  # (groups, T, G)
-    out = out.transpose(0, 1).reshape(tokens.shape[0], groups * group_rows)
+    count = tokens.shape[0]
+    flat_columns = columns.reshape(-1)
+    if gather == "rows":
+        # rows of x^T are contiguous runs of all tokens: the gather is a parallel memcpy per row
+        gathered = tokens.t().contiguous().index_select(0, flat_columns)
+        gathered = gathered.view(groups, kept, count).transpose(1, 2)
+    else:
+        gathered = tokens.index_select(1, flat_columns).view(count, groups, kept).transpose(0, 1)
+    out = x.new_empty(count, groups, group_rows)
+    # every group's (tokens, G) product lands in its own columns of the output
+    torch.bmm(gathered, weight.transpose(1, 2), out=out.transpose(0, 1))
+    out = out.view(count, groups * group_rows)
     if bias is not None:
-        out.add_(bias)
-    return _epilogue(out, relu).view(*x.shape[:-1], groups * group_rows)
+        if relu:
+            torch.ops.aten._add_relu_(out, bias)
+        else:
+            out.add_(bias)
+    elif relu:
+        out.relu_()
+    return out.view(*x.shape[:-1], groups * group_rows)
 
 
 def loop_conv2d(
