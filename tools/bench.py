@@ -584,14 +584,15 @@ def draw_figures(results: dict[str, Any], out: Path) -> list[Path]:
         cells = sorted(
             (c for c in results["cells"] if c["model"] == model), key=lambda c: c["sparsity"]
         )
-        for method in METHODS:
+        for index, method in enumerate(METHODS):
+            dodge = (index - (len(METHODS) - 1) / 2) * 0.4  # keep the error bars apart
             points = [
                 (c["sparsity"] * 100, c["methods"][method]) for c in cells
                 if method in c["methods"] and not c["methods"][method].get("error")
             ]  # fmt: skip
             if not points:
                 continue
-            x = [p for p, _ in points]
+            x = [p + dodge for p, _ in points]
             y = [e["median_ms"] for _, e in points]
             spread = [
                 [e["median_ms"] - e["q1_ms"] for _, e in points],
@@ -608,6 +609,7 @@ def draw_figures(results: dict[str, Any], out: Path) -> list[Path]:
                 label=_label(method, results),
             )
         axis.set_title(model)
+        axis.set_xticks([c["sparsity"] * 100 for c in cells])
         axis.set_xlabel("sparsity (%)")
         axis.set_ylabel("latency (ms, median, IQR bars)")
         axis.set_yscale("log")
