@@ -35,6 +35,16 @@ def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule
     return program.module()
 
 
+def _without_string_annotations(gm: fx.GraphModule) -> fx.GraphModule:
+    """Drop input annotations that are strings (``from __future__ import annotations``): fx
+    cannot write an import for them, so torch.save of the compiled module would fail."""
+    for node in gm.graph.nodes:
+        if isinstance(node.type, str):
+            node.type = None
+    gm.recompile()
+    return gm
+
+
 def capture(model: nn.Module, example_inputs: tuple[Any, ...], how: str = "auto") -> tuple[fx.GraphModule, str]:
     """(GraphModule, how it was captured: "symbolic_trace" or "export")."""
     if how not in ("auto", "symbolic_trace", "export"):
@@ -42,7 +52,7 @@ def capture(model: nn.Module, example_inputs: tuple[Any, ...], how: str = "auto"
     errors = []
     if how in ("auto", "symbolic_trace"):
         try:
-            return fx.symbolic_trace(model), "symbolic_trace"
+            return _without_string_annotations(fx.symbolic_trace(model)), "symbolic_trace"
         except Exception as error:
             errors.append(f"symbolic_trace: {type(error).__name__}: {error}")
     if how in ("auto", "export"):
