@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import fnmatch
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +22,7 @@ from .report import Report, ReportRow
 __all__ = ["SparseModule", "compile_sparse"]
 
 _BACKENDS = ("auto", "cpu", "cuda")
+_TRACING = threading.Lock()
 
 
 class SparseModule(nn.Module):
@@ -186,18 +188,19 @@ def compile_sparse(
     work = copy.deepcopy(model).eval()
     resolved = _apply_masks(work, masks or {})
     _check_finite(work)
-    with torch.no_grad():
-        try:
-            work(*example_inputs)
-        except Exception as error:
-            raise ValueError(
-                f"the model fails on example_inputs ({type(error).__name__}: {error}); pass the "
-                "inputs the model's forward takes, as a tensor or tuple"
-            ) from error
-    gm, how = capture(work, example_inputs, capture_with)
-    context = CompileContext(options=options, example_inputs=example_inputs, masks=resolved, exclude=exclude)
-    steps: list[tuple[str, str]] = [("capture", gm.code)]
-    gm = run_pipeline(gm, context, on_step=lambda name, graph_module, _: steps.append((name, graph_module.code)))
+    with _TRACING:  # one at a time: symbolic tracing patches nn.Module.__call__ for every thread
+        with torch.no_grad():
+            try:
+                work(*example_inputs)
+            except Exception as error:
+                raise ValueError(
+                    f"the model fails on example_inputs ({type(error).__name__}: {error}); pass the "
+                    "inputs the model's forward takes, as a tensor or tuple"
+                ) from error
+        gm, how = capture(work, example_inputs, capture_with)
+        context = CompileContext(options=options, example_inputs=example_inputs, masks=resolved, exclude=exclude)
+        steps: list[tuple[str, str]] = [("capture", gm.code)]
+        gm = run_pipeline(gm, context, on_step=lambda name, graph_module, _: steps.append((name, graph_module.code)))
     plans = [node.meta[META_PLAN] for node in gm.graph.nodes if META_PLAN in node.meta]
     if not plans:
         raise ValueError(
