@@ -72,11 +72,15 @@ def _rewritten_mask(
     weight = _attribute(graph_module, node.args[1])
     columns = _attribute(graph_module, node.args[2])
     mask = torch.zeros(plan.rows, plan.columns, dtype=torch.bool)
+    row_arg = node.args[-1]  # the kernel row of each output row, for channel-permuted groups
+    has_rows = isinstance(row_arg, fx.Node) and str(row_arg.target).endswith("_rows")
+    kernel_rows = _attribute(graph_module, row_arg).cpu() if has_rows else torch.arange(plan.rows)
+    group_of_row = kernel_rows // plan.group_size
     for group in range(columns.shape[0]):
         if not bool(weight[group].any()):
             continue
-        start, stop = group * plan.group_size, min((group + 1) * plan.group_size, plan.rows)
-        mask[start:stop, columns[group].unique().cpu()] = True
+        rows = (group_of_row == group).nonzero().flatten()
+        mask[rows[:, None], columns[group].unique().cpu()[None, :]] = True
     return mask, weight
 
 

@@ -17,9 +17,11 @@ __all__ = ["LayerStructure", "analyze", "structure_of"]
 class LayerStructure:
     """The sparsity structure found in one layer's (M, K) mask.
 
-    ``pattern`` is "dense" (nothing pruned), "group" (G consecutive rows share a column set;
-    G = M is column pruning), "filter" (whole rows), or "irregular" (no shared column sets).
-    ``group_columns[g]`` are the kept columns of group g (rows g*G .. g*G+G-1).
+    ``pattern`` is "dense" (nothing pruned), "group" (groups of up to G rows share a column
+    set; G = M is column pruning), "filter" (whole rows), or "irregular" (no shared column
+    sets). ``group_rows[g]`` are the rows of group g - consecutive (g*G .. g*G+G-1) for the
+    plain pattern, any G rows for channel-permuted groups - and ``group_columns[g]`` its
+    kept columns.
     """
 
     pattern: str
@@ -27,6 +29,17 @@ class LayerStructure:
     group_columns: tuple[torch.Tensor, ...]
     kept_fraction: float
     mask_source: str  # "masks" or "zeros"
+    group_rows: tuple[torch.Tensor, ...] = ()
+
+    @property
+    def permuted(self) -> bool:
+        """Whether the groups are not consecutive rows (channel-permuted grouping)."""
+        expected = 0
+        for rows in self.group_rows:
+            if not torch.equal(rows, torch.arange(expected, expected + rows.numel())):
+                return True
+            expected += rows.numel()
+        return False
 
     @property
     def groups(self) -> int:
@@ -52,21 +65,45 @@ def _group_size(mask: torch.Tensor) -> int:
     return size
 
 
+def _consecutive_rows(rows: int, size: int) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.arange(start, min(start + size, rows)) for start in range(0, rows, size))
+
+
+def _clustered_rows(mask: torch.Tensor) -> tuple[int, tuple[torch.Tensor, ...]] | None:
+    """Groups of rows with identical masks, wherever they are (channel-permuted groups): the
+    most common cluster size is G, and larger clusters are split into groups of G. None when
+    rows barely share masks (fewer than two rows per distinct mask on average)."""
+    _, cluster_of_row, sizes = torch.unique(mask, dim=0, return_inverse=True, return_counts=True)
+    if sizes.numel() * 2 > mask.shape[0]:
+        return None
+    size = int(torch.mode(sizes).values)
+    groups = []
+    for cluster in range(sizes.numel()):
+        members = (cluster_of_row == cluster).nonzero().flatten()
+        groups.extend(members.split(size))
+    groups.sort(key=lambda rows: int(rows[0]))  # deterministic: by first row
+    return size, tuple(groups)
+
+
 def structure_of(mask: torch.Tensor, source: str) -> LayerStructure:
     """The LayerStructure of an (M, K) boolean mask."""
     rows, columns = mask.shape
     kept_fraction = float(mask.sum()) / mask.numel()
     if kept_fraction == 1.0:
-        return LayerStructure("dense", rows, (torch.arange(columns),), 1.0, source)
+        return LayerStructure("dense", rows, (torch.arange(columns),), 1.0, source, (torch.arange(rows),))
     group_size = _group_size(mask)
     pattern = "group"
+    group_rows = _consecutive_rows(rows, group_size)
     if group_size == 1:
-        whole_rows = bool((mask.all(dim=1) | ~mask.any(dim=1)).all())
-        pattern = "filter" if whole_rows else "irregular"
-    group_columns = tuple(
-        mask[start].nonzero().flatten() for start in range(0, rows, group_size)
-    )
-    return LayerStructure(pattern, group_size, group_columns, kept_fraction, source)
+        clustered = _clustered_rows(mask)
+        if bool((mask.all(dim=1) | ~mask.any(dim=1)).all()):
+            pattern = "filter"
+        elif clustered is not None:
+            group_size, group_rows = clustered
+        else:
+            pattern = "irregular"
+    group_columns = tuple(mask[int(members[0])].nonzero().flatten() for members in group_rows)
+    return LayerStructure(pattern, group_size, group_columns, kept_fraction, source, group_rows)
 
 
 def _mask_for(layer: PrunableLayer, context: CompileContext) -> tuple[torch.Tensor, str]:

@@ -56,14 +56,16 @@ def fold_batchnorm(gm: fx.GraphModule, context: CompileContext) -> int:
         padded = groups * group_rows
         dtype, device = plan.weight.dtype, plan.weight.device
 
-        def padded_rows(values, fill):
+        kernel_rows = torch.arange(plan.rows, device=device) if plan.row_index is None else plan.row_index
+
+        def padded_rows(values, fill):  # per output channel -> per kernel row
             out = torch.full((padded,), fill, dtype=torch.float64, device=device)
             if values is not None:
-                out[: plan.rows] = values.to(device=device, dtype=torch.float64)
+                out[kernel_rows] = values.to(device=device, dtype=torch.float64)
             return out
 
         scale = padded_rows(gamma, 1.0) / torch.sqrt(padded_rows(var, 1.0) + eps)
-        bias = padded_rows(plan.bias[: plan.rows] if plan.bias is not None else None, 0.0)
+        bias = plan.bias.to(torch.float64) if plan.bias is not None else torch.zeros(padded, dtype=torch.float64, device=device)
         new_bias = (bias - padded_rows(mean, 0.0)) * scale + padded_rows(beta, 0.0)
         weight = plan.weight.to(torch.float64) * scale.view(groups, group_rows, 1)
         node.meta[META_PLAN] = dataclasses.replace(

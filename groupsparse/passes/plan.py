@@ -36,6 +36,7 @@ class LayerPlan:
     reason: str
     weight: torch.Tensor | None = field(default=None, repr=False)  # (groups, G, k)
     column_index: torch.Tensor | None = field(default=None, repr=False)  # (groups, k)
+    row_index: torch.Tensor | None = field(default=None, repr=False)  # (M,) kernel row of each output row
     bias: torch.Tensor | None = field(default=None, repr=False)
     geometry: tuple[int, ...] = ()
     flops_dense: int = 0
@@ -93,24 +94,35 @@ def should_rewrite(layer: PrunableLayer, structure: LayerStructure, example: tor
     return True
 
 
-def pack(layer: PrunableLayer, structure: LayerStructure, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """(groups, G, k) packed weights and (groups, k) kept columns; smaller groups are padded
-    with zero weights (and a repeated valid column), a smaller last group with zero rows."""
+def pack(
+    layer: PrunableLayer, structure: LayerStructure, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(groups, G, k) packed weights, (groups, k) kept columns, and where each output row sits
+    in the kernel's output (None when that is row for row). Groups with fewer columns are
+    padded with zero weights (and a repeated valid column), smaller groups with zero rows."""
     rows, columns = layer.gemm_shape
     matrix = layer.weight.reshape(rows, columns)
     size = structure.group_size
     kept = max(1, max(int(c.numel()) for c in structure.group_columns))
     weight = torch.zeros(structure.groups, size, kept, dtype=dtype, device=matrix.device)
     index = torch.zeros(structure.groups, kept, dtype=torch.int64, device=matrix.device)
-    for group, group_columns in enumerate(structure.group_columns):
-        start, stop = group * size, min((group + 1) * size, rows)
+    position = torch.empty(rows, dtype=torch.int64)
+    for group, (group_rows, group_columns) in enumerate(zip(structure.group_rows, structure.group_columns)):
         count = group_columns.numel()
         group_columns = group_columns.to(matrix.device)
-        weight[group, : stop - start, :count] = matrix[start:stop, group_columns].to(dtype)
+        block = matrix[group_rows.to(matrix.device)][:, group_columns]
+        weight[group, : group_rows.numel(), :count] = block.to(dtype)
         index[group, :count] = group_columns
         if count:
             index[group, count:] = group_columns[0]
-    return weight.contiguous(), index.contiguous()
+        position[group_rows] = group * size + torch.arange(group_rows.numel())
+    row_index = None if torch.equal(position, torch.arange(rows)) else position.to(matrix.device)
+    return weight.contiguous(), index.contiguous(), row_index
+
+
+def _kernel_rows(row_index: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
+    """The kernel-output row of each output row."""
+    return torch.arange(rows, device=device) if row_index is None else row_index
 
 
 def _median_ms(fn, runs: int) -> float:
@@ -135,10 +147,12 @@ def sparse_call(plan_: LayerPlan, x: torch.Tensor, kernel: str):
     """A zero-argument callable running the plan's kernel on ``x``."""
     if plan_.kind == "linear":
         op = torch.ops.groupsparse.linear_loop if kernel == "loop" else torch.ops.groupsparse.linear
-        return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, False, plan_.rows, plan_.input_width)
+        return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, False, plan_.rows, plan_.input_width, plan_.row_index)
     op = torch.ops.groupsparse.conv2d_loop if kernel == "loop" else torch.ops.groupsparse.conv2d
     geometry = list(plan_.geometry)
-    return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, geometry, False, plan_.rows, plan_.input_width)
+    return lambda: op(
+        x, plan_.weight, plan_.column_index, plan_.bias, geometry, False, plan_.rows, plan_.input_width, plan_.row_index
+    )
 
 
 def _flops(layer: PrunableLayer, x: torch.Tensor | None, kept_columns_total: int) -> tuple[int, int]:
@@ -161,8 +175,8 @@ def _flops(layer: PrunableLayer, x: torch.Tensor | None, kept_columns_total: int
 def _plan_layer(layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor | None, context: CompileContext) -> LayerPlan:
     options = context.options
     rows, columns = layer.gemm_shape
-    kept_total = sum(int(c.numel()) for c in structure.group_columns) * structure.group_size
-    flops_dense, flops_sparse = _flops(layer, x, min(kept_total, rows * columns) if structure.pattern == "group" else rows * columns)
+    kept_total = sum(r.numel() * c.numel() for r, c in zip(structure.group_rows, structure.group_columns))
+    flops_dense, flops_sparse = _flops(layer, x, kept_total if structure.pattern == "group" else rows * columns)
     base = dict(
         name=layer.name, kind=layer.kind, rows=rows, columns=columns,
         group_size=structure.group_size, groups=structure.groups,
@@ -173,15 +187,15 @@ def _plan_layer(layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor
     verdict = should_rewrite(layer, structure, x)
     if not verdict:
         return LayerPlan(**base, decision="dense", kernel="dense", reason=str(verdict))
-    weight, column_index = pack(layer, structure, x.dtype)
+    weight, column_index, row_index = pack(layer, structure, x.dtype)
     bias = None
-    if layer.bias is not None:  # padded like the rows, so the kernel adds it row for row
+    if layer.bias is not None:  # placed like the rows, so the kernel adds it row for row
         bias = torch.zeros(weight.shape[0] * weight.shape[1], dtype=x.dtype, device=weight.device)
-        bias[:rows] = layer.bias.to(x.dtype)
+        bias[_kernel_rows(row_index, rows, weight.device)] = layer.bias.to(x.dtype)
     geometry = conv_geometry(layer) if layer.kind == "conv2d" else ()
     candidate = LayerPlan(
         **base, decision="sparse", kernel=options.kernel, reason="", weight=weight,
-        column_index=column_index, bias=bias, geometry=geometry,
+        column_index=column_index, row_index=row_index, bias=bias, geometry=geometry,
     )  # fmt: skip
     padded_fraction = structure.groups * structure.group_size * candidate.kept_columns / (rows * columns)
     if options.decide == "always":
@@ -206,7 +220,9 @@ def _with(plan_: LayerPlan, **changes) -> LayerPlan:
 
 
 def _dense(plan_: LayerPlan, reason: str) -> LayerPlan:
-    return _with(plan_, decision="dense", kernel="dense", reason=reason, weight=None, column_index=None, bias=None)
+    return _with(
+        plan_, decision="dense", kernel="dense", reason=reason, weight=None, column_index=None, row_index=None, bias=None
+    )
 
 
 def plan(gm: fx.GraphModule, context: CompileContext) -> int:

@@ -32,7 +32,8 @@ def _buffer(gm: fx.GraphModule, name: str, tensor: torch.Tensor | None) -> fx.No
 
 
 def replace_with_op(gm: fx.GraphModule, node: fx.Node, op, extra_args: tuple) -> fx.Node:
-    """Replace ``node`` by ``op(x, weight, columns, bias, *extra_args)``; returns the new node."""
+    """Replace ``node`` by ``op(x, weight, columns, bias, *extra_args[, row_index])``; returns
+    the new node."""
     plan: LayerPlan = node.meta[META_PLAN]
     source = node.kwargs.get("input", node.args[0] if node.args else None)
     prefix = buffer_prefix(gm, plan.name)
@@ -40,7 +41,8 @@ def replace_with_op(gm: fx.GraphModule, node: fx.Node, op, extra_args: tuple) ->
         weight = _buffer(gm, f"{prefix}_weight", plan.weight)
         columns = _buffer(gm, f"{prefix}_columns", plan.column_index)
         bias = _buffer(gm, f"{prefix}_bias", plan.bias)
-        new = gm.graph.call_function(op, (source, weight, columns, bias, *extra_args))
+        rows = _buffer(gm, f"{prefix}_rows", plan.row_index)  # only for channel-permuted groups
+        new = gm.graph.call_function(op, (source, weight, columns, bias, *extra_args, *((rows,) if rows is not None else ())))
     new.meta.update(node.meta)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)

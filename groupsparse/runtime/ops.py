@@ -5,8 +5,8 @@ plans as buffers of the GraphModule, and compose with torch.compile and torch.ex
 (each op has a fake kernel). The backend is picked by the input's device, at one place:
 ``_backend``. Nothing here knows of fx.
 
-- ``groupsparse::conv2d(x, weight, columns, bias, geometry, relu, out_channels, in_channels)``
-- ``groupsparse::linear(x, weight, columns, bias, relu, out_features, in_features)``
+- ``groupsparse::conv2d(x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None)``
+- ``groupsparse::linear(x, weight, columns, bias, relu, out_features, in_features, row_index=None)``
 - ``groupsparse::conv2d_loop`` / ``groupsparse::linear_loop``: the earlier per-group
   implementation (one gather and one GEMM per group), kept for benchmarks.
 
@@ -73,7 +73,11 @@ def _check_width(x: torch.Tensor, width: int, dim: int, op: str, what: str) -> N
         )
 
 
-def _trim(out: torch.Tensor, channels: int, dim: int) -> torch.Tensor:
+def _place(out: torch.Tensor, channels: int, dim: int, row_index: torch.Tensor | None) -> torch.Tensor:
+    """The layer's output rows from the kernel's: padding rows dropped, and, for
+    channel-permuted groups, each row read from where its group put it."""
+    if row_index is not None:
+        return out.index_select(dim % out.dim(), row_index)
     if out.shape[dim] == channels:
         return out
     return out.narrow(dim, 0, channels).contiguous()
@@ -113,12 +117,13 @@ def conv2d(
     relu: bool,
     out_channels: int,
     in_channels: int,
+    row_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     shape = _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d")
     if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
         return x.new_empty(shape)
     out = _backend(x.device).grouped_conv2d(x, weight, columns, bias, tuple(geometry), relu)
-    return _trim(out, out_channels, 1)
+    return _place(out, out_channels, 1, row_index)
 
 
 @torch.library.custom_op("groupsparse::conv2d_loop", mutates_args=())
@@ -131,12 +136,13 @@ def conv2d_loop(
     relu: bool,
     out_channels: int,
     in_channels: int,
+    row_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     shape = _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d_loop")
     if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
         return x.new_empty(shape)
     out = _backend(x.device).loop_conv2d(x, weight, columns, bias, tuple(geometry), relu)
-    return _trim(out, out_channels, 1)
+    return _place(out, out_channels, 1, row_index)
 
 
 @torch.library.custom_op("groupsparse::linear", mutates_args=())
@@ -148,12 +154,13 @@ def linear(
     relu: bool,
     out_features: int,
     in_features: int,
+    row_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     shape = _linear_shape(x, weight, out_features, in_features, "linear")
     if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
         return x.new_empty(shape)
     out = _backend(x.device).grouped_linear(x, weight, columns, bias, relu)
-    return _trim(out, out_features, -1)
+    return _place(out, out_features, -1, row_index)
 
 
 @torch.library.custom_op("groupsparse::linear_loop", mutates_args=())
@@ -165,21 +172,22 @@ def linear_loop(
     relu: bool,
     out_features: int,
     in_features: int,
+    row_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     shape = _linear_shape(x, weight, out_features, in_features, "linear_loop")
     if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
         return x.new_empty(shape)
     out = _backend(x.device).loop_linear(x, weight, columns, bias, relu)
-    return _trim(out, out_features, -1)
+    return _place(out, out_features, -1, row_index)
 
 
 # The fake kernels check what the real ones check, so a meta-device input given to a module
 # whose weights are on the CPU is refused rather than answered with a meta tensor.
-def _fake_conv(x, weight, columns, bias, geometry, relu, out_channels, in_channels):
+def _fake_conv(x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None):
     return x.new_empty(_conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d"))
 
 
-def _fake_linear(x, weight, columns, bias, relu, out_features, in_features):
+def _fake_linear(x, weight, columns, bias, relu, out_features, in_features, row_index=None):
     return x.new_empty(_linear_shape(x, weight, out_features, in_features, "linear"))
 
 

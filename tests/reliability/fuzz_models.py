@@ -379,8 +379,10 @@ def make_masks(model: nn.Module, spec: dict[str, Any]) -> dict[str, torch.Tensor
 
 def structure_is_group_wise(mask: torch.Tensor) -> bool:
     """Whether some G >= 2 splits the rows of the (M, K) mask into runs of G (the last may be
-    shorter) that share one column set, with something pruned: what the compiler rewrites.
-    Written independently of the compiler's own analysis."""
+    shorter) that share one column set, or - channel-permuted groups - the rows take at most
+    half as many distinct masks as there are rows without being whole-row (filter) pruning;
+    with something pruned: what the compiler rewrites. Written independently of the
+    compiler's own analysis."""
     matrix = gemm_view(mask)
     rows = matrix.shape[0]
     if bool(matrix.all()):
@@ -389,4 +391,6 @@ def structure_is_group_wise(mask: torch.Tensor) -> bool:
         first_row_of_group = (torch.arange(rows) // size) * size
         if torch.equal(matrix, matrix[first_row_of_group]):
             return True
-    return False
+    distinct = {tuple(row.tolist()) for row in matrix}
+    whole_rows = all(bool(row.all()) or not bool(row.any()) for row in matrix)
+    return 2 * len(distinct) <= rows and not whole_rows
