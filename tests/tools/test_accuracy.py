@@ -1,0 +1,93 @@
+"""tools/accuracy.py: a tiny run writes its JSON, table and plots, and the compiled group-wise
+model predicts what the masked model predicts."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "accuracy.py"
+
+pytest.importorskip("sklearn", reason="the study's data set ships with scikit-learn")
+pytest.importorskip("matplotlib", reason="the study draws its plots with matplotlib")
+
+
+@pytest.fixture(scope="module")
+def accuracy_tool():
+    spec = importlib.util.spec_from_file_location("accuracy_tool", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smoke(accuracy_tool, tmp_path_factory):
+    out = tmp_path_factory.mktemp("accuracy")
+    threads = torch.get_num_threads()
+    try:
+        accuracy_tool.main(
+            [
+                "--models", "cnn", "--patterns", "group G=8", "--sparsities", "0.75",
+                "--criteria", "magnitude", "--seeds", "1", "--epochs", "1",
+                "--stage-epochs", "1", "--out", str(out),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def test_smoke_run_writes_json_table_and_plots(smoke):
+    results = json.loads((smoke / "results.json").read_text())
+    assert set(results) == {"meta", "dense", "runs", "goals"}
+    assert results["meta"]["finished"] and results["meta"]["estimate_s"] > 0
+    assert set(results["meta"]["machine"]) >= {"cpu", "threads"}
+    assert len(results["dense"]["cnn"]["accuracy"]) == 1
+    assert {(run["pattern"], run["schedule"]) for run in results["runs"]} == {
+        ("group G=8", "oneshot"),
+        ("group G=8", "gradual"),
+    }
+    for run in results["runs"]:
+        assert set(run) >= {
+            "model",
+            "pattern",
+            "sparsity",
+            "criterion",
+            "schedule",
+            "accuracy",
+            "mean",
+            "std",
+        }
+        assert 0.0 <= run["mean"] <= 1.0
+        assert abs(run["actual_sparsity"] - 0.75) < 0.02
+    assert "permutation_vs_none" in results["goals"]
+    table = (smoke / "table.md").read_text()
+    assert "## Dense baselines" in table and "| group G=8 |" in table
+    for name in ("accuracy_gradual.png", "accuracy_oneshot.png"):
+        assert (smoke / name).stat().st_size > 0
+
+
+def test_compiled_model_predicts_as_the_masked_model(smoke):
+    results = json.loads((smoke / "results.json").read_text())
+    (gradual,) = [run for run in results["runs"] if run["schedule"] == "gradual"]
+    compiled = gradual["compiled"]
+    assert compiled["checked"] == 1
+    assert compiled["same_predictions"]
+    assert compiled["sparse_layers"][0] >= 1, "the group-wise layers were rewritten"
+
+
+def test_shift_keeps_the_image_and_fills_the_border(accuracy_tool):
+    images = torch.arange(2 * 16, dtype=torch.float32).reshape(2, 1, 4, 4)
+    generator = torch.Generator().manual_seed(0)
+    moved = accuracy_tool.shifted(images, 1, -1.0, generator)
+    assert moved.shape == images.shape
+    for image, out in zip(images, moved):
+        kept = out[out != -1.0]
+        assert set(kept.tolist()) <= set(image.flatten().tolist())
+        assert len(kept) >= 9  # at most one row and one column leave the 4x4 frame
