@@ -35,7 +35,11 @@ from .fuzz_models import build_model, make_masks, model_specs, structure_is_grou
 
 RTOL = 1e-4
 
-_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# one_intra_op_thread only sets the thread count, which stays right across examples
+_COMMON = dict(
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 settings.register_profile("ci", max_examples=30, derandomize=True, **_COMMON)
 settings.register_profile(
     "long", max_examples=int(os.environ.get("GROUPSPARSE_FUZZ_EXAMPLES", "2000")), **_COMMON
@@ -90,12 +94,12 @@ def check_equivalence(spec: dict) -> None:
 
 @settings(settings.get_profile("ci"))
 @given(spec=model_specs())
-def test_compiled_equals_masked_eager(spec):
+def test_compiled_equals_masked_eager(one_intra_op_thread, spec):
     check_equivalence(spec)
 
 
 @pytest.mark.slow
 @settings(settings.get_profile(LONG_PROFILE))
 @given(spec=model_specs())
-def test_compiled_equals_masked_eager_long(spec):
+def test_compiled_equals_masked_eager_long(one_intra_op_thread, spec):
     check_equivalence(spec)
