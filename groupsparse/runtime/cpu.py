@@ -37,6 +37,8 @@ ConvGeometry = tuple[int, int, int, int, int, int, int, int, int, int]
 _TILE_BYTES = 8 << 20
 # Below this output width, a stride-1 conv uses the wide grid (see _ConvGrid).
 _NARROW_MIN_WIDTH = 32
+# Padded inputs this large zero only their border (F.pad fills the whole buffer first).
+_PAD_IN_PLACE_NUMEL = 1 << 18
 
 
 def conv_output_size(height: int, width: int, geometry: ConvGeometry) -> tuple[int, int]:
@@ -50,10 +52,24 @@ def _padded_flat(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
     """The zero-padded input as one flat NCHW buffer (also converts channels_last)."""
     _, _, top, bottom, left, right = geometry[2:8]
     batch, channels, height, width = x.shape
-    if not (top or bottom or left or right) and x.is_contiguous():
+    contiguous = x.is_contiguous()
+    if not (top or bottom or left or right) and contiguous:
         return x.reshape(-1)
-    padded = x.new_zeros(batch, channels, height + top + bottom, width + left + right)
-    padded[:, :, top : top + height, left : left + width] = x
+    padded_h, padded_w = height + top + bottom, width + left + right
+    if contiguous and batch * channels * padded_h * padded_w < _PAD_IN_PLACE_NUMEL:
+        return F.pad(x, (left, right, top, bottom)).view(-1)  # one op: fill, then copy
+    # large or channels_last: zero only the border, then one copy (and conversion) of the rest
+    padded = x.new_empty(batch, channels, padded_h, padded_w)
+    if top:
+        padded.narrow(2, 0, top).zero_()
+    if bottom:
+        padded.narrow(2, top + height, bottom).zero_()
+    rows = padded.narrow(2, top, height)
+    if left:
+        rows.narrow(3, 0, left).zero_()
+    if right:
+        rows.narrow(3, left + width, right).zero_()
+    rows.narrow(3, left, width).copy_(x)
     return padded.view(-1)
 
 
@@ -63,10 +79,28 @@ def _column_offsets(
     """Flat offsets into one padded image of each kept im2col column (c, i, j)."""
     kh, kw, _, _, _, _, _, _, dh, dw = geometry
     taps = kh * kw
-    channel = torch.div(columns, taps, rounding_mode="floor")
-    tap = columns - channel * taps
-    row = torch.div(tap, kw, rounding_mode="floor")
-    return channel * (padded_h * padded_w) + row * (dh * padded_w) + (tap - row * kw) * dw
+    channel, tap = columns // taps, columns % taps
+    return channel * (padded_h * padded_w) + (tap // kw) * (dh * padded_w) + (tap % kw) * dw
+
+
+# kept columns -> offsets, per layer: (columns as given, offsets); compared by value on use
+_OFFSETS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _cached_column_offsets(
+    columns: torch.Tensor, geometry: ConvGeometry, padded_h: int, padded_w: int
+) -> torch.Tensor:
+    """``_column_offsets`` of the flattened columns, remembered per layer and input size."""
+    key = (columns.data_ptr(), columns.numel(), columns.device, tuple(geometry), padded_h, padded_w)
+    hit = _OFFSETS.get(key)
+    if hit is not None and hit[0].dtype == columns.dtype and torch.equal(hit[0], columns.reshape(-1)):
+        return hit[1]
+    flat = columns.reshape(-1)
+    offsets = _column_offsets(flat, geometry, padded_h, padded_w)
+    if len(_OFFSETS) >= 512:
+        _OFFSETS.clear()
+    _OFFSETS[key] = (flat.clone(), offsets)
+    return offsets
 
 
 class _ConvGrid:
@@ -181,7 +215,7 @@ def grouped_conv2d(
     grid = _ConvGrid(x.shape, geometry, wide)
     batch, pixels = grid.batch, grid.pixels
     flat = _padded_flat(x, geometry)
-    offsets = _column_offsets(columns.reshape(-1), geometry, grid.padded_h, grid.padded_w)
+    offsets = _cached_column_offsets(columns, geometry, grid.padded_h, grid.padded_w)
     images, rows = _band_size(grid, groups * kept, tile_bytes, x.element_size())
     if images == 1:
         # per image: (groups, G, pixels) blocks of the NCHW output, written in place
@@ -204,14 +238,15 @@ def grouped_conv2d(
             if count == 1:
                 index = offsets + base if base else offsets
                 start, length = grid.band_pixels(row, band)
-                target = out[image, :, :, start : start + length] if images == 1 else (
-                    out[:, :, image * pixels : (image + 1) * pixels]
-                )
+                if images == 1:
+                    target = out.select(0, image).narrow(2, start, length)
+                else:
+                    target = out.narrow(2, image * pixels, length)
             else:
                 starts = base + torch.arange(count, device=x.device) * grid.image
                 index = (offsets[:, None] + starts).view(-1)
                 length = count * pixels
-                target = out[:, :, image * pixels : image * pixels + length]
+                target = out.narrow(2, image * pixels, length)
             gathered = windows.index_select(0, index).view(groups, kept, length)
             torch.bmm(weight, gathered, out=target)
     view = out.as_strided(
@@ -246,22 +281,48 @@ def grouped_linear(
     bias: torch.Tensor | None,
     relu: bool = False,
     *,
-    gather: str = "rows",
+    gather: str = "auto",
+    tile_bytes: int = _TILE_BYTES,
 ) -> torch.Tensor:
-    """Group-sparse linear: ``(..., K)`` -> contiguous ``(..., groups*G)``."""
+    """Group-sparse linear: ``(..., K)`` -> contiguous ``(..., groups*G)``.
+
+    Tiled over tokens so that a tile's gathered columns take about ``tile_bytes``. Each group's
+    ``(tokens, G)`` product is written straight into its columns of the output. ``gather``:
+
+    - ``"columns"``: ``x.index_select(1, ...)``, one serial pass over the kept columns;
+    - ``"rows"``: transpose x, then copy whole rows of x^T (a parallel memcpy per kept
+      column); pays a transpose of x, so it wins when the kept columns outnumber K;
+    - ``"auto"``: "rows" when several threads share the work and the groups keep at least
+      twice K columns in all, else "columns".
+
+    >>> x = torch.randn(2, 5, 16)
+    >>> columns = torch.stack([torch.randperm(16)[:4].sort().values for _ in range(3)])
+    >>> grouped_linear(x, torch.randn(3, 8, 4), columns, None).shape  # 3 groups of 8 rows
+    torch.Size([2, 5, 24])
+    """
     groups, group_rows, kept = weight.shape
-    tokens = x.reshape(-1, x.shape[-1])
+    features = x.shape[-1]
+    tokens = x.reshape(-1, features)
     count = tokens.shape[0]
     flat_columns = columns.reshape(-1)
-    if gather == "rows":
-        # rows of x^T are contiguous runs of all tokens: the gather is a parallel memcpy per row
-        gathered = tokens.t().contiguous().index_select(0, flat_columns)
-        gathered = gathered.view(groups, kept, count).transpose(1, 2)
-    else:
-        gathered = tokens.index_select(1, flat_columns).view(count, groups, kept).transpose(0, 1)
+    if gather == "auto":
+        parallel = torch.get_num_threads() > 1
+        gather = "rows" if parallel and groups * kept >= 2 * features else "columns"
+    if gather not in ("rows", "columns"):
+        raise ValueError(f"gather must be 'auto', 'rows' or 'columns'; got {gather!r}")
     out = x.new_empty(count, groups, group_rows)
-    # every group's (tokens, G) product lands in its own columns of the output
-    torch.bmm(gathered, weight.transpose(1, 2), out=out.transpose(0, 1))
+    weight_t = weight.transpose(1, 2)
+    step = max(1, tile_bytes // max(groups * kept * x.element_size(), 1))
+    for first in range(0, count, step):
+        part = tokens[first : first + step] if step < count else tokens
+        size = part.shape[0]
+        if gather == "rows":
+            gathered = part.t().contiguous().index_select(0, flat_columns)
+            gathered = gathered.view(groups, kept, size).transpose(1, 2)
+        else:
+            gathered = part.index_select(1, flat_columns).view(size, groups, kept).transpose(0, 1)
+        target = out[first : first + step] if step < count else out
+        torch.bmm(gathered, weight_t, out=target.transpose(0, 1))
     out = out.view(count, groups * group_rows)
     if bias is not None:
         if relu:
