@@ -77,6 +77,13 @@ class Pruner:
 
     To resume, build the model, optimizer and Pruner as before, then load the model's, the
     optimizer's and the Pruner's state dicts.
+
+    Under torch.distributed (say, with DistributedDataParallel), build a Pruner on every rank
+    with the same arguments and call :meth:`step` on every rank at the same steps: at each
+    mask update the "taylor" gradients gathered on each rank are summed over the ranks of the
+    default process group (``all_reduce``), and rank 0's masks are broadcast, so every rank
+    holds the same masks. ``criterion="random"`` draws the same scores on every rank from its
+    seed.
     """
 
     def __init__(
@@ -303,7 +310,7 @@ class Pruner:
                     .to(weight.device)
                 )
             masks[_weight_name(layer)] = mask
-        return masks, layer_sparsity
+        return _same_on_every_rank(masks, layer_sparsity)
 
     def _scores(self, step: int) -> dict[str, torch.Tensor]:
         """{layer: (M, K) scores}, with already pruned weights at 0 so that masks only grow sparser."""
@@ -313,13 +320,18 @@ class Pruner:
                 saliency = taylor_saliency(
                     self.model, self._weights, self._calibration, self._loss_fn
                 )
-            elif not self._saliency_seen:
-                raise RuntimeError(
-                    f"criterion 'taylor' has no gradients at step {step}: call pruner.step() after "
-                    "loss.backward(), or pass calibration= and loss_fn= to the Pruner"
-                )
+                seen = True
             else:
-                saliency = self._saliency
+                saliency, seen = self._saliency, self._saliency_seen
+            # under torch.distributed every rank saw its own batches: score with the sum
+            saliency, ranks_seen, ranks = _sum_over_ranks(saliency, seen)
+            if ranks_seen < ranks:
+                on_ranks = "" if ranks == 1 else f" on {ranks - ranks_seen} of {ranks} ranks"
+                raise RuntimeError(
+                    f"criterion 'taylor' has no gradients at step {step}{on_ranks}: call "
+                    "pruner.step() after loss.backward(), or pass calibration= and loss_fn= to "
+                    "the Pruner"
+                )
         scores = self.criterion.score(self._weights, saliency)
         result = {}
         for layer in self._layers:
@@ -369,6 +381,58 @@ class Pruner:
     def _check_attached(self, method: str) -> None:
         if not self._handles:
             raise RuntimeError(f"Pruner.{method}() after remove(): this Pruner is detached")
+
+
+def _distributed() -> bool:
+    return (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_world_size() > 1
+    )
+
+
+def _sum_over_ranks(
+    saliency: dict[str, torch.Tensor], seen: bool
+) -> tuple[dict[str, torch.Tensor], int, int]:
+    """(saliency summed over the ranks of the default process group, how many ranks had seen
+    gradients, how many ranks); without torch.distributed, the saliency itself and 1 rank."""
+    if not _distributed():
+        return saliency, int(seen), 1
+    names = list(saliency)
+    device = saliency[names[0]].device
+    flat = torch.cat(
+        [saliency[name].reshape(-1).to(device) for name in names]
+        + [torch.tensor([float(seen)], device=device)]
+    )
+    torch.distributed.all_reduce(flat)
+    parts = flat[:-1].split([saliency[name].numel() for name in names])
+    summed = {
+        name: part.view_as(saliency[name]).to(saliency[name].device)
+        for name, part in zip(names, parts)
+    }
+    return summed, int(flat[-1].item()), torch.distributed.get_world_size()
+
+
+def _same_on_every_rank(
+    masks: dict[str, torch.Tensor], layer_sparsity: dict[str, float]
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Rank 0's masks on every rank (under torch.distributed). Scores summed over ranks give
+    equal masks already; this also covers weights that differ between ranks, such as a
+    Pruner built before DistributedDataParallel broadcast rank 0's weights."""
+    if not _distributed():
+        return masks, layer_sparsity
+    names = list(masks)
+    flat = torch.cat([masks[name].reshape(-1).to("cpu", torch.uint8) for name in names])
+    if torch.distributed.get_backend() == "nccl":
+        flat = flat.cuda()
+    torch.distributed.broadcast(flat, src=0)
+    parts = flat.cpu().bool().split([masks[name].numel() for name in names])
+    shared = [layer_sparsity]
+    torch.distributed.broadcast_object_list(shared, src=0)
+    return (
+        {name: part.view_as(masks[name]).to(masks[name].device) for name, part in zip(names, parts)},
+        shared[0],
+    )
 
 
 def _check_fixed_sparsity(

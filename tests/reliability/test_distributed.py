@@ -1,0 +1,162 @@
+"""Pruning under torch.distributed: two processes on this machine (gloo, 127.0.0.1), the model
+in DistributedDataParallel, each rank training on its own batches.
+
+- After every step, the Pruner's masks are identical on both ranks.
+- The "taylor" scores are summed over the ranks: each update's masks are those of the
+  pattern applied to (sum over ranks of each rank's own |w * dL/dw| since the last update),
+  checked against a reference each rank computes beside the training step.
+- A Pruner built before DistributedDataParallel, on ranks whose initial weights differ, still
+  leaves every rank with rank 0's masks; "random" gives the same masks on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import groupsparse as gs
+from groupsparse.layers import gemm_view
+
+WORLD = 2
+STEPS = 7
+SCHEDULE = dict(start=0, end=6, every=2)  # updates at 2, 4 and 6 (step 0 prunes nothing)
+SPARSITY = 0.75
+GROUP_SIZE = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _model(seed: int) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 4)
+    )
+
+
+def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(100 * rank + step)  # every rank its own data
+    return torch.randn(8, 3, 6, 6, generator=generator), torch.randint(0, 4, (8,), generator=generator)
+
+
+def _gathered(tensor: torch.Tensor) -> list[torch.Tensor]:
+    parts = [torch.empty_like(tensor) for _ in range(WORLD)]
+    dist.all_gather(parts, tensor)
+    return parts
+
+
+def _assert_same_masks_on_every_rank(pruner: gs.Pruner, when: str) -> None:
+    flat = torch.cat([mask.reshape(-1) for mask in pruner.masks.values()]).to(torch.uint8)
+    for rank, other in enumerate(_gathered(flat)):
+        assert torch.equal(other, flat), f"{when}: masks of rank {rank} differ"
+
+
+def _taylor_under_ddp(rank: int) -> None:
+    model = _model(seed=0)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05, momentum=0.9)
+    pruner = gs.Pruner(
+        model, "group", SPARSITY, "taylor", group_size=GROUP_SIZE, schedule=gs.Gradual(**SCHEDULE)
+    )
+    weights = {name: model.get_parameter(name) for name in pruner.masks}
+    local = {name: torch.zeros_like(weight) for name, weight in weights.items()}
+    pruned_by_rank_alone = False
+    for step in range(1, STEPS + 1):
+        inputs, labels = _batch(rank, step)
+        # the reference: this rank's own |w * dL/dw|, before DDP averages the gradients
+        loss = nn.functional.cross_entropy(model(inputs), labels)
+        gradients = torch.autograd.grad(loss, list(weights.values()))
+        masks_before = pruner.masks
+        for (name, weight), gradient in zip(weights.items(), gradients):
+            local[name] += (weight.detach() * gradient.masked_fill(~masks_before[name], 0)).abs()
+
+        loss = nn.functional.cross_entropy(ddp(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pruner.step()
+        _assert_same_masks_on_every_rank(pruner, f"taylor, step {step}")
+
+        if pruner.schedule.updates_at(step):
+            goal = pruner.schedule.sparsity_at(step, SPARSITY)
+            pattern = gs.GroupWise(group_size=GROUP_SIZE)
+            for name, own in local.items():
+                summed = own.clone()
+                dist.all_reduce(summed)
+                scores = gemm_view(summed) * gemm_view(masks_before[name])
+                expected = pattern.mask(scores, goal).reshape(own.shape)
+                assert torch.equal(pruner.masks[name], expected), f"step {step}, {name}"
+                alone = pattern.mask(gemm_view(own) * gemm_view(masks_before[name]), goal)
+                pruned_by_rank_alone |= not torch.equal(alone.reshape(own.shape), expected)
+                own.zero_()
+    # the sum mattered: on some rank, its own scores alone would have chosen other masks
+    flags = _gathered(torch.tensor([int(pruned_by_rank_alone)]))
+    assert sum(int(flag) for flag in flags) > 0
+    assert abs(pruner.sparsity - SPARSITY) < 1e-9
+    for name, weight in weights.items():  # pruned weights are zero, the weights equal on all ranks
+        assert not weight[~pruner.masks[name]].any()
+        assert all(torch.equal(other, weight.detach()) for other in _gathered(weight.detach()))
+    pruner.remove()
+
+
+def _pruner_before_ddp(rank: int) -> None:
+    model = _model(seed=10 + rank)  # initial weights differ between the ranks
+    pruner = gs.Pruner(model, "group", 0.5, group_size=GROUP_SIZE)  # one shot, at step 0
+    _assert_same_masks_on_every_rank(pruner, "magnitude, before DDP")
+    ddp = nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's weights
+    optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
+    for step in range(2):
+        inputs, labels = _batch(rank, step)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(ddp(inputs), labels).backward()
+        optimizer.step()
+        pruner.step()
+    for name, mask in pruner.masks.items():
+        weight = model.get_parameter(name).detach()
+        assert not weight[~mask].any()
+        assert all(torch.equal(other, weight) for other in _gathered(weight))
+    pruner.remove()
+
+    random = gs.Pruner(_model(seed=rank), "group", 0.5, "random", group_size=GROUP_SIZE)
+    _assert_same_masks_on_every_rank(random, "random")
+    random.remove()
+
+
+def _worker(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        _taylor_under_ddp(rank)
+        _pruner_before_ddp(rank)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built in")
+def test_pruner_under_distributed_data_parallel():
+    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+
+
+def test_without_torch_distributed_nothing_is_reduced():
+    """The same Pruner in one process computes its masks from its own gradients."""
+    assert not dist.is_initialized()
+    model = _model(seed=0)
+    pruner = gs.Pruner(model, "group", SPARSITY, "taylor", group_size=GROUP_SIZE, schedule=gs.Gradual(**SCHEDULE))
+    inputs, labels = _batch(0, 1)
+    nn.functional.cross_entropy(model(inputs), labels).backward()
+    pruner.step()
+    inputs, labels = _batch(0, 2)
+    nn.functional.cross_entropy(model(inputs), labels).backward()
+    pruner.step()
+    assert 0 < pruner.sparsity < SPARSITY
+    pruner.remove()
