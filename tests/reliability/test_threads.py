@@ -23,7 +23,7 @@ THREADS = 4
 CALLS_PER_THREAD = 10
 
 
-def test_four_threads_share_one_compiled_module():
+def test_four_threads_share_one_compiled_module(one_intra_op_thread):
     model, masks, fast = _compiled()
     reference = model
     with torch.no_grad():
