@@ -38,12 +38,16 @@ def _conv_output(size: int, kernel: int, stride: int, padding: int, dilation: in
 
 
 @st.composite
-def _conv_block(draw, channels: int, height: int, width: int) -> tuple[dict[str, Any], tuple[int, int, int]]:
+def _conv_block(
+    draw, channels: int, height: int, width: int
+) -> tuple[dict[str, Any], tuple[int, int, int]]:
     out_channels = draw(st.integers(2, 24) | st.just(1))
     kernel = draw(st.tuples(st.integers(1, 4), st.integers(1, 4)))
     dilation = draw(st.tuples(st.integers(1, 2), st.integers(1, 2)))
     padding = draw(
-        st.one_of(st.tuples(st.integers(0, 2), st.integers(0, 2)), st.just("same"), st.just("valid"))
+        st.one_of(
+            st.tuples(st.integers(0, 2), st.integers(0, 2)), st.just("same"), st.just("valid")
+        )
     )
     stride = (1, 1) if padding == "same" else draw(st.tuples(st.integers(1, 3), st.integers(1, 2)))
     if padding == "same":
@@ -133,7 +137,13 @@ def _image_spec(draw) -> dict[str, Any]:
                 }
             )
             features = out_features
-    return {"family": "image", "input_shape": input_shape, "blocks": blocks, "head": head, "linears": linears}
+    return {
+        "family": "image",
+        "input_shape": input_shape,
+        "blocks": blocks,
+        "head": head,
+        "linears": linears,
+    }
 
 
 @st.composite
@@ -200,7 +210,9 @@ def model_specs(draw) -> dict[str, Any]:
     """A model, how each of its layers is pruned, and how it is compiled and called."""
     spec = draw(st.one_of(_image_spec(), _image_spec(), _vector_spec()))
     spec["pruning"] = draw(st.lists(_layer_pruning(), min_size=12, max_size=12))
-    spec["masks_argument"] = draw(st.booleans())  # masks= to compile_sparse, or zeros in the weights
+    spec["masks_argument"] = draw(
+        st.booleans()
+    )  # masks= to compile_sparse, or zeros in the weights
     spec["kernel"] = draw(st.sampled_from(["grouped", "grouped", "grouped", "loop"]))
     spec["example_batch"] = draw(st.integers(1, 3))
     spec["batches"] = draw(st.lists(st.integers(0, 5), min_size=1, max_size=3))
@@ -257,7 +269,11 @@ class ConvBlock(nn.Module):
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
         self.conv = _conv(spec)
-        self.norm = _batch_norm(nn.BatchNorm2d, spec["out_channels"]) if spec["batch_norm"] else nn.Identity()
+        self.norm = (
+            _batch_norm(nn.BatchNorm2d, spec["out_channels"])
+            if spec["batch_norm"]
+            else nn.Identity()
+        )
         self.activation = _Activation(spec["activation"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -291,7 +307,9 @@ class LinearBlock(nn.Module):
         super().__init__()
         self.linear = nn.Linear(spec["in_features"], spec["out_features"], bias=spec["bias"])
         batch_norm = spec.get("batch_norm", False)
-        self.norm = _batch_norm(nn.BatchNorm1d, spec["out_features"]) if batch_norm else nn.Identity()
+        self.norm = (
+            _batch_norm(nn.BatchNorm1d, spec["out_features"]) if batch_norm else nn.Identity()
+        )
         self.activation = _Activation(spec["activation"])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -333,7 +351,9 @@ class FuzzModel(nn.Module):
     def __init__(self, spec: dict[str, Any]) -> None:
         super().__init__()
         family = spec["family"]
-        self.blocks = nn.Sequential(*(_BLOCKS[family, block["kind"]](block) for block in spec["blocks"]))
+        self.blocks = nn.Sequential(
+            *(_BLOCKS[family, block["kind"]](block) for block in spec["blocks"])
+        )
         self.head = spec.get("head", "none")
         self.linears = nn.Sequential(*(LinearBlock(linear) for linear in spec.get("linears", [])))
 
@@ -368,10 +388,10 @@ def make_masks(model: nn.Module, spec: dict[str, Any]) -> dict[str, torch.Tensor
             mask = torch.ones(shape, dtype=torch.bool)
         else:
             pattern = {
-                "group": lambda: GroupWise(group_size=choice["group_size"], balanced=choice["balanced"]),
-                "element": ElementWise,
-                "filter": FilterWise,
-            }[choice["pattern"]]()
+                "group": GroupWise(group_size=choice["group_size"], balanced=choice["balanced"]),
+                "element": ElementWise(),
+                "filter": FilterWise(),
+            }[choice["pattern"]]
             mask = pattern.mask(scores, choice["sparsity"])
         masks[f"{name}.weight"] = mask.reshape(module.weight.shape)
     return masks

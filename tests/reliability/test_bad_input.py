@@ -176,7 +176,9 @@ def _state_with_mask(pruner: gs.Pruner, name: str, mask: torch.Tensor) -> dict[s
 
 
 def _taylor_pruner(model: nn.Module) -> gs.Pruner:
-    return gs.Pruner(model, "group", 0.5, "taylor", group_size=4, schedule=gs.Gradual(start=1, end=3, every=1))
+    return gs.Pruner(
+        model, "group", 0.5, "taylor", group_size=4, schedule=gs.Gradual(start=1, end=3, every=1)
+    )
 
 
 def _other_state() -> dict[str, Any]:
@@ -193,41 +195,227 @@ def _compiled(model: nn.Module) -> gs.SparseModule:
 
 CASES = [
     # prune
-    Case("prune: sparsity 1.5", lambda m: gs.prune(m, "group", 1.5), ValueError, r"sparsity must be in \[0, 1\)"),
-    Case("prune: sparsity nan", lambda m: gs.prune(m, "group", float("nan")), ValueError, r"sparsity must be in \[0, 1\)"),
-    Case("prune: unknown exclude name", lambda m: gs.prune(m, "group", 0.5, exclude=["fc9"]), ValueError, "'fc9' matches no conv or linear layer; layers: 'conv1', 'conv2', 'fc'"),
-    Case("prune: unknown allocation name", lambda m: gs.prune(m, "group", allocation={"conv9": 0.5}), ValueError, "'conv9' is not a conv or linear layer"),
-    Case("prune: no prunable layer", lambda m: gs.prune(m, "group", 0.5), ValueError, "model has no prunable layer: groupsparse prunes nn.Linear", model=_no_layers),
-    Case("prune: NaN weight", lambda m: gs.prune(m, "group", 0.5), ValueError, r"non-finite scores for 'conv1.weight' \(are the weights", model=_nan_model),
-    Case("prune: group_size 2.5", lambda m: gs.prune(m, "group", 0.5, group_size=2.5), ValueError, "group_size must be an integer >= 1; got 2.5"),
+    Case(
+        "prune: sparsity 1.5",
+        lambda m: gs.prune(m, "group", 1.5),
+        ValueError,
+        r"sparsity must be in \[0, 1\)",
+    ),
+    Case(
+        "prune: sparsity nan",
+        lambda m: gs.prune(m, "group", float("nan")),
+        ValueError,
+        r"sparsity must be in \[0, 1\)",
+    ),
+    Case(
+        "prune: unknown exclude name",
+        lambda m: gs.prune(m, "group", 0.5, exclude=["fc9"]),
+        ValueError,
+        "'fc9' matches no conv or linear layer; layers: 'conv1', 'conv2', 'fc'",
+    ),
+    Case(
+        "prune: unknown allocation name",
+        lambda m: gs.prune(m, "group", allocation={"conv9": 0.5}),
+        ValueError,
+        "'conv9' is not a conv or linear layer",
+    ),
+    Case(
+        "prune: no prunable layer",
+        lambda m: gs.prune(m, "group", 0.5),
+        ValueError,
+        "model has no prunable layer: groupsparse prunes nn.Linear",
+        model=_no_layers,
+    ),
+    Case(
+        "prune: NaN weight",
+        lambda m: gs.prune(m, "group", 0.5),
+        ValueError,
+        r"non-finite scores for 'conv1.weight' \(are the weights",
+        model=_nan_model,
+    ),
+    Case(
+        "prune: group_size 2.5",
+        lambda m: gs.prune(m, "group", 0.5, group_size=2.5),
+        ValueError,
+        "group_size must be an integer >= 1; got 2.5",
+    ),
     # Pruner
-    Case("Pruner: second Pruner on the same layers", _pruner, ValueError, "already has a Pruner attached; call its remove", setup=lambda m: (_pruner(m), m)[1]),
-    Case("Pruner: step after remove", lambda p: p.step(), RuntimeError, r"Pruner.step\(\) after remove\(\): this Pruner is detached", setup=_removed_pruner),
-    Case("Pruner: another model's state", lambda p: p.load_state_dict(_other_state()), ValueError, r"the state's masks are for \['0.weight'\]", setup=_pruner),
-    Case("Pruner: mask of the wrong shape", lambda p: p.load_state_dict(_state_with_mask(p, "fc.weight", torch.ones(10, 3, dtype=torch.bool))), ValueError, r"state\['masks'\]\['fc.weight'\] must be a boolean tensor of shape \(10, 256\)", setup=_pruner),
-    Case("Pruner: not a Pruner state dict", lambda p: p.load_state_dict({"masks": {}}), ValueError, r"not a Pruner state dict: missing \['layer_sparsities', 'step'\]", setup=_pruner),
-    Case("Pruner: taylor without gradients", lambda p: [p.step() for _ in range(2)], RuntimeError, "criterion 'taylor' has no gradients at step 2: call pruner.step.. after loss.backward", setup=_taylor_pruner),
+    Case(
+        "Pruner: second Pruner on the same layers",
+        _pruner,
+        ValueError,
+        "already has a Pruner attached; call its remove",
+        setup=lambda m: (_pruner(m), m)[1],
+    ),
+    Case(
+        "Pruner: step after remove",
+        lambda p: p.step(),
+        RuntimeError,
+        r"Pruner.step\(\) after remove\(\): this Pruner is detached",
+        setup=_removed_pruner,
+    ),
+    Case(
+        "Pruner: another model's state",
+        lambda p: p.load_state_dict(_other_state()),
+        ValueError,
+        r"the state's masks are for \['0.weight'\]",
+        setup=_pruner,
+    ),
+    Case(
+        "Pruner: mask of the wrong shape",
+        lambda p: p.load_state_dict(
+            _state_with_mask(p, "fc.weight", torch.ones(10, 3, dtype=torch.bool))
+        ),
+        ValueError,
+        r"state\['masks'\]\['fc.weight'\] must be a boolean tensor of shape \(10, 256\)",
+        setup=_pruner,
+    ),
+    Case(
+        "Pruner: not a Pruner state dict",
+        lambda p: p.load_state_dict({"masks": {}}),
+        ValueError,
+        r"not a Pruner state dict: missing \['layer_sparsities', 'step'\]",
+        setup=_pruner,
+    ),
+    Case(
+        "Pruner: taylor without gradients",
+        lambda p: [p.step() for _ in range(2)],
+        RuntimeError,
+        "criterion 'taylor' has no gradients at step 2: call pruner.step.. after loss.backward",
+        setup=_taylor_pruner,
+    ),
     # compile_sparse
-    Case("compile: example_inputs a string", lambda m: gs.compile_sparse(m, "image"), TypeError, "example_inputs must be a tensor or a tuple of the model's positional inputs; got str"),
-    Case("compile: example_inputs a dict", lambda m: gs.compile_sparse(m, {"x": _x()}), TypeError, "example_inputs must be a tensor or a tuple .*; got dict"),
-    Case("compile: example_inputs of the wrong shape", lambda m: gs.compile_sparse(m, _x(2, 4, 8, 8)), ValueError, "the model fails on example_inputs .*; pass the inputs the model's forward takes"),
-    Case("compile: unknown mask name", lambda m: gs.compile_sparse(m, _x(), masks={"conv9": torch.ones(3)}), KeyError, "masks names 'conv9', which is not a parameter or layer of the model"),
-    Case("compile: mask of the wrong size", lambda m: gs.compile_sparse(m, _x(), masks={"conv1": torch.ones(3)}), ValueError, r"mask for 'conv1.weight' has 3 elements but the weight has shape \(8, 3, 3, 3\)"),
-    Case("compile: mask of scores", lambda m: gs.compile_sparse(m, _x(), masks={"conv1": torch.rand(8, 3, 3, 3)}), ValueError, r"mask for 'conv1.weight' must be boolean \(or 0/1\)"),
-    Case("compile: unknown exclude name", lambda m: gs.compile_sparse(m, _x(), exclude=["conv9"]), ValueError, r"exclude names 'conv9', which matches no layer of the model; conv/linear layers: \['conv1', 'conv2', 'fc'\]"),
-    Case("compile: no conv or linear layer", lambda m: gs.compile_sparse(m, _x()), ValueError, "Sequential has no conv or linear layer with constant weights: compile_sparse rewrites nn.Conv2d/nn.Linear", model=_no_layers),
-    Case("compile: NaN in a kept weight", lambda m: gs.compile_sparse(m, _x()), ValueError, r"'conv1.weight' has 1 NaN or infinite value\(s\) .*needs finite weights", model=_nan_sparse_model),
-    Case("compile: decide", lambda m: gs.compile_sparse(m, _x(), decide="fast"), ValueError, "decide must be 'time', 'cost' or 'always'; got 'fast'"),
-    Case("compile: backend cuda for a CPU model", lambda m: gs.compile_sparse(m, _x(), backend="cuda"), ValueError, r"backend='cuda' needs the model and example inputs on a CUDA device \(model.cuda\(\)\); found \['cpu'\]"),
-    Case("compile: min_speedup 0", lambda m: gs.compile_sparse(m, _x(), min_speedup=0), ValueError, "min_speedup must be positive; got 0"),
+    Case(
+        "compile: example_inputs a string",
+        lambda m: gs.compile_sparse(m, "image"),
+        TypeError,
+        "example_inputs must be a tensor or a tuple of the model's positional inputs; got str",
+    ),
+    Case(
+        "compile: example_inputs a dict",
+        lambda m: gs.compile_sparse(m, {"x": _x()}),
+        TypeError,
+        "example_inputs must be a tensor or a tuple .*; got dict",
+    ),
+    Case(
+        "compile: example_inputs of the wrong shape",
+        lambda m: gs.compile_sparse(m, _x(2, 4, 8, 8)),
+        ValueError,
+        "the model fails on example_inputs .*; pass the inputs the model's forward takes",
+    ),
+    Case(
+        "compile: unknown mask name",
+        lambda m: gs.compile_sparse(m, _x(), masks={"conv9": torch.ones(3)}),
+        KeyError,
+        "masks names 'conv9', which is not a parameter or layer of the model",
+    ),
+    Case(
+        "compile: mask of the wrong size",
+        lambda m: gs.compile_sparse(m, _x(), masks={"conv1": torch.ones(3)}),
+        ValueError,
+        r"mask for 'conv1.weight' has 3 elements but the weight has shape \(8, 3, 3, 3\)",
+    ),
+    Case(
+        "compile: mask of scores",
+        lambda m: gs.compile_sparse(m, _x(), masks={"conv1": torch.rand(8, 3, 3, 3)}),
+        ValueError,
+        r"mask for 'conv1.weight' must be boolean \(or 0/1\)",
+    ),
+    Case(
+        "compile: unknown exclude name",
+        lambda m: gs.compile_sparse(m, _x(), exclude=["conv9"]),
+        ValueError,
+        r"exclude names 'conv9', which matches no layer of the model; conv/linear layers: \['conv1', 'conv2', 'fc'\]",
+    ),
+    Case(
+        "compile: no conv or linear layer",
+        lambda m: gs.compile_sparse(m, _x()),
+        ValueError,
+        "Sequential has no conv or linear layer with constant weights: compile_sparse rewrites nn.Conv2d/nn.Linear",
+        model=_no_layers,
+    ),
+    Case(
+        "compile: NaN in a kept weight",
+        lambda m: gs.compile_sparse(m, _x()),
+        ValueError,
+        r"'conv1.weight' has 1 NaN or infinite value\(s\) .*needs finite weights",
+        model=_nan_sparse_model,
+    ),
+    Case(
+        "compile: decide",
+        lambda m: gs.compile_sparse(m, _x(), decide="fast"),
+        ValueError,
+        "decide must be 'time', 'cost' or 'always'; got 'fast'",
+    ),
+    Case(
+        "compile: backend cuda for a CPU model",
+        lambda m: gs.compile_sparse(m, _x(), backend="cuda"),
+        ValueError,
+        r"backend='cuda' needs the model and example inputs on a CUDA device \(model.cuda\(\)\); found \['cpu'\]",
+    ),
+    Case(
+        "compile: min_speedup 0",
+        lambda m: gs.compile_sparse(m, _x(), min_speedup=0),
+        ValueError,
+        "min_speedup must be positive; got 0",
+    ),
     # the compiled module
-    Case("compiled: float64 input", lambda f: f(_x(dtype=torch.float64)), TypeError, "the input is torch.float64 but the layer was compiled for torch.float32; convert the input", setup=_compiled, model=_sparse_model),
-    Case("compiled: meta input", lambda f: f(_x(device="meta")), RuntimeError, r"the input is on meta but the layer's weights are on cpu; move the compiled module with .to\('meta'\)", setup=_compiled, model=_sparse_model),
-    Case("compiled: other channels", lambda f: f(_x(2, 4, 8, 8)), ValueError, r"groupsparse.conv2d: the layer was compiled for inputs with 3 channels \(dim 1\); got an input of shape \(2, 4, 8, 8\)", setup=_compiled, model=_sparse_model),
-    Case("compiled: other flattened width", lambda f: f(_x(2, 3, 12, 12)), ValueError, r"groupsparse.linear: the layer was compiled for inputs with 256 features \(last dim\); got an input of shape \(2, 576\)", setup=_compiled, model=_sparse_model),
-    Case("compiled: 3-D input to a conv", lambda f: f(torch.randn(3, 8, 8)), ValueError, r"groupsparse.conv2d expects a 4-D \(N, C, H, W\) input; got \(3, 8, 8\)", setup=_compiled, model=_sparse_model),
-    Case("compiled: input smaller than the kernel", lambda f: f(_x(2, 3, 0, 8)), ValueError, r"the input's \(H, W\) = \(0, 8\) is smaller than the padded kernel", setup=_compiled, model=_sparse_model),
-    Case("compiled: backward", lambda f: f(_x().requires_grad_()).sum().backward(), RuntimeError, "groupsparse ops have no backward: a compiled module is for inference", setup=_compiled, model=_sparse_model),
+    Case(
+        "compiled: float64 input",
+        lambda f: f(_x(dtype=torch.float64)),
+        TypeError,
+        "the input is torch.float64 but the layer was compiled for torch.float32; convert the input",
+        setup=_compiled,
+        model=_sparse_model,
+    ),
+    Case(
+        "compiled: meta input",
+        lambda f: f(_x(device="meta")),
+        RuntimeError,
+        r"the input is on meta but the layer's weights are on cpu; move the compiled module with .to\('meta'\)",
+        setup=_compiled,
+        model=_sparse_model,
+    ),
+    Case(
+        "compiled: other channels",
+        lambda f: f(_x(2, 4, 8, 8)),
+        ValueError,
+        r"groupsparse.conv2d: the layer was compiled for inputs with 3 channels \(dim 1\); got an input of shape \(2, 4, 8, 8\)",
+        setup=_compiled,
+        model=_sparse_model,
+    ),
+    Case(
+        "compiled: other flattened width",
+        lambda f: f(_x(2, 3, 12, 12)),
+        ValueError,
+        r"groupsparse.linear: the layer was compiled for inputs with 256 features \(last dim\); got an input of shape \(2, 576\)",
+        setup=_compiled,
+        model=_sparse_model,
+    ),
+    Case(
+        "compiled: 3-D input to a conv",
+        lambda f: f(torch.randn(3, 8, 8)),
+        ValueError,
+        r"groupsparse.conv2d expects a 4-D \(N, C, H, W\) input; got \(3, 8, 8\)",
+        setup=_compiled,
+        model=_sparse_model,
+    ),
+    Case(
+        "compiled: input smaller than the kernel",
+        lambda f: f(_x(2, 3, 0, 8)),
+        ValueError,
+        r"the input's \(H, W\) = \(0, 8\) is smaller than the padded kernel",
+        setup=_compiled,
+        model=_sparse_model,
+    ),
+    Case(
+        "compiled: backward",
+        lambda f: f(_x().requires_grad_()).sum().backward(),
+        RuntimeError,
+        "groupsparse ops have no backward: a compiled module is for inference",
+        setup=_compiled,
+        model=_sparse_model,
+    ),
 ]
 
 
@@ -327,6 +515,8 @@ def test_another_dtype_or_device_works_when_the_compiled_module_is_moved():
     model = _sparse_model()
     fast = gs.compile_sparse(model, _x(), decide="always")
     x = _x(3, dtype=torch.float64)
-    assert max_relative_error(copy.deepcopy(fast).double()(x), copy.deepcopy(model).double()(x)) < RTOL
+    assert (
+        max_relative_error(copy.deepcopy(fast).double()(x), copy.deepcopy(model).double()(x)) < RTOL
+    )
     on_meta = copy.deepcopy(fast).to("meta")(_x(3, device="meta"))
     assert on_meta.device.type == "meta" and on_meta.shape == (3, 10)

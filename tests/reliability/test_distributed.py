@@ -25,7 +25,7 @@ from groupsparse.layers import gemm_view
 
 WORLD = 2
 STEPS = 7
-SCHEDULE = dict(start=0, end=6, every=2)  # updates at 2, 4 and 6 (step 0 prunes nothing)
+SCHEDULE = {"start": 0, "end": 6, "every": 2}  # updates at 2, 4 and 6 (step 0 prunes nothing)
 SPARSITY = 0.75
 GROUP_SIZE = 4
 
@@ -39,13 +39,20 @@ def _free_port() -> int:
 def _model(seed: int) -> nn.Sequential:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 16), nn.ReLU(), nn.Linear(16, 4)
+        nn.Conv2d(3, 8, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 4 * 4, 16),
+        nn.ReLU(),
+        nn.Linear(16, 4),
     )
 
 
 def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(100 * rank + step)  # every rank its own data
-    return torch.randn(8, 3, 6, 6, generator=generator), torch.randint(0, 4, (8,), generator=generator)
+    return torch.randn(8, 3, 6, 6, generator=generator), torch.randint(
+        0, 4, (8,), generator=generator
+    )
 
 
 def _gathered(tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -151,7 +158,9 @@ def test_without_torch_distributed_nothing_is_reduced():
     """The same Pruner in one process computes its masks from its own gradients."""
     assert not dist.is_initialized()
     model = _model(seed=0)
-    pruner = gs.Pruner(model, "group", SPARSITY, "taylor", group_size=GROUP_SIZE, schedule=gs.Gradual(**SCHEDULE))
+    pruner = gs.Pruner(
+        model, "group", SPARSITY, "taylor", group_size=GROUP_SIZE, schedule=gs.Gradual(**SCHEDULE)
+    )
     inputs, labels = _batch(0, 1)
     nn.functional.cross_entropy(model(inputs), labels).backward()
     pruner.step()

@@ -36,10 +36,14 @@ from .fuzz_models import build_model, make_masks, model_specs, structure_is_grou
 RTOL = 1e-4
 
 # one_intra_op_thread only sets the thread count, which stays right across examples
-_COMMON = dict(
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
-)
+_COMMON = {
+    "deadline": None,
+    "suppress_health_check": [
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+}
 settings.register_profile("ci", max_examples=30, derandomize=True, **_COMMON)
 settings.register_profile(
     "long", max_examples=int(os.environ.get("GROUPSPARSE_FUZZ_EXAMPLES", "2000")), **_COMMON

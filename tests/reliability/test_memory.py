@@ -16,7 +16,9 @@ import torch
 
 from .test_save_load import SPEC, _compiled
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="reads /proc/self/statm"
+)
 
 BATCHES = (1, 7, 3, 16, 2, 11, 5, 0, 9, 4)  # every size appears in the first calls
 FIRST_CALLS = 100
@@ -31,7 +33,9 @@ def _rss_bytes() -> int:
 def _check_calls(calls: int) -> None:
     _, _, fast = _compiled()
     generator = torch.Generator().manual_seed(0)
-    inputs = {batch: torch.randn(batch, *SPEC["input_shape"], generator=generator) for batch in BATCHES}
+    inputs = {
+        batch: torch.randn(batch, *SPEC["input_shape"], generator=generator) for batch in BATCHES
+    }
     high_water = 0
     with torch.no_grad():
         for call in range(calls):

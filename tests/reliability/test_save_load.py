@@ -55,7 +55,13 @@ def _run_fresh(code: str, cwd: Path) -> str:
     """Run ``code`` in a fresh interpreter that can import the tests; returns its stdout."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
@@ -64,7 +70,11 @@ def _run_fresh(code: str, cwd: Path) -> str:
 def _compiled(seed: int = 0):
     model = build_model(_spec(seed))
     masks = make_masks(model, _spec(0))  # the same masks whatever the weights
-    return model, masks, gs.compile_sparse(model, torch.randn(2, 3, 8, 8), masks=masks, decide="always")
+    return (
+        model,
+        masks,
+        gs.compile_sparse(model, torch.randn(2, 3, 8, 8), masks=masks, decide="always"),
+    )
 
 
 def test_state_dict_and_pickled_module_give_identical_outputs_in_a_fresh_process(tmp_path):
@@ -124,7 +134,11 @@ def test_state_dict_holds_the_plans_as_plain_tensors():
 def _training_setup(seed: int = 0):
     torch.manual_seed(seed)
     model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4)
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 36, 4),
     )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     pruner = gs.Pruner(
@@ -149,7 +163,11 @@ def test_a_pruner_checkpoint_resumes_to_the_same_masks(tmp_path):
     for step in range(3):  # stop between two mask updates, with gradients accumulated
         _train_step(model, optimizer, pruner, step)
     torch.save(
-        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "pruner": pruner.state_dict()},
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "pruner": pruner.state_dict(),
+        },
         tmp_path / "checkpoint.pt",
     )
     checkpoint = torch.load(tmp_path / "checkpoint.pt", weights_only=True)  # plain data only

@@ -10,6 +10,7 @@ compile traces can fail; that is torch.fx's limitation, not one the lock can lif
 from __future__ import annotations
 
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -33,7 +34,10 @@ def test_four_threads_share_one_compiled_module(one_intra_op_thread):
     generator = torch.Generator().manual_seed(0)
     # every thread gets its own inputs, with batch sizes that differ between calls
     inputs = [
-        [torch.randn(1 + (thread + call) % 5, *SPEC["input_shape"], generator=generator) for call in range(CALLS_PER_THREAD)]
+        [
+            torch.randn(1 + (thread + call) % 5, *SPEC["input_shape"], generator=generator)
+            for call in range(CALLS_PER_THREAD)
+        ]
         for thread in range(THREADS)
     ]
     with torch.no_grad():
@@ -43,27 +47,19 @@ def test_four_threads_share_one_compiled_module(one_intra_op_thread):
                 assert max_relative_error(y, reference(x)) < 1e-4
 
     start = threading.Barrier(THREADS)
-    results: list[list[torch.Tensor] | BaseException | None] = [None] * THREADS
 
-    def work(thread: int) -> None:
-        try:
-            start.wait()
-            with torch.no_grad():
-                results[thread] = [fast(x) for x in inputs[thread]]
-        except BaseException as error:  # reported by the main thread
-            results[thread] = error
+    def work(thread: int) -> list[torch.Tensor]:
+        start.wait()  # all four call at once
+        with torch.no_grad():
+            return [fast(x) for x in inputs[thread]]
 
-    workers = [threading.Thread(target=work, args=(thread,)) for thread in range(THREADS)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    with ThreadPoolExecutor(THREADS) as pool:
+        futures = [pool.submit(work, thread) for thread in range(THREADS)]
+        results = [future.result() for future in futures]  # re-raises a thread's error
 
-    for thread in range(THREADS):
-        outputs = results[thread]
-        assert not isinstance(outputs, BaseException), outputs
+    for outputs, thread_expected in zip(results, expected):
         assert len(outputs) == CALLS_PER_THREAD
-        for output, want in zip(outputs, expected[thread]):
+        for output, want in zip(outputs, thread_expected):
             assert torch.equal(output, want)
 
 
@@ -77,22 +73,12 @@ def test_threads_compiling_at_once_get_independent_modules():
                 model.get_parameter(name).masked_fill_(~mask, 0)
         models.append(model)
     example = torch.randn(2, *SPEC["input_shape"])
-    compiled: list[gs.SparseModule | BaseException | None] = [None] * len(models)
-
-    def work(index: int) -> None:
-        try:
-            compiled[index] = gs.compile_sparse(models[index], example, decide="always")
-        except BaseException as error:
-            compiled[index] = error
-
-    workers = [threading.Thread(target=work, args=(index,)) for index in range(len(models))]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
+    with ThreadPoolExecutor(len(models)) as pool:
+        compiled = list(
+            pool.map(lambda model: gs.compile_sparse(model, example, decide="always"), models)
+        )
     x = torch.randn(3, *SPEC["input_shape"])
     with torch.no_grad():
         for model, fast in zip(models, compiled):
-            assert isinstance(fast, gs.SparseModule), fast
             assert len(fast.report.rewritten) == 5
             assert max_relative_error(fast(x), model(x)) < 1e-4
