@@ -102,9 +102,14 @@ def _machine_busy() -> float:
 
 
 def time_interleaved(functions: dict[str, Callable[[], object]], runs: int,
-                     min_sample_ms: float = 2.0) -> tuple[dict[str, float], float]:
+                     min_sample_ms: float = 2.0, clock: str = "wall") -> tuple[dict[str, float], float]:
     """Median ms of each function, timed in turns; and the share of the machine's cores that
-    other processes used meanwhile. Fast functions repeat within a sample (min_sample_ms)."""
+    other processes used meanwhile. Fast functions repeat within a sample (min_sample_ms).
+
+    clock "cpu" times this process's CPU time instead of wall time: with one thread it shows
+    the work done, much less disturbed by other processes than wall time on a loaded machine
+    (with several threads it would count threads spinning while they wait)."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     repeats = {}
     for name, function in functions.items():
         for _ in range(2):
@@ -119,10 +124,10 @@ def time_interleaved(functions: dict[str, Callable[[], object]], runs: int,
     for _ in range(runs):
         for name, function in functions.items():
             count = repeats[name]
-            start = time.perf_counter()
+            start = now()
             for _ in range(count):
                 function()
-            times[name].append((time.perf_counter() - start) * 1e3 / count)
+            times[name].append((now() - start) * 1e3 / count)
     other = 0.0
     if has_stat:
         others = (_machine_busy() - busy0) - (time.process_time() - own0)
@@ -182,7 +187,7 @@ class Row:
 
 
 def run_case(layer: Layer, group_size: int, sparsity: float, *, batch: int, runs: int,
-             channels_last: bool, seed: int) -> Row:
+             channels_last: bool, seed: int, clock: str = "wall") -> Row:
     generator = torch.Generator().manual_seed(seed)
     functions, kept_fraction = _case(layer, group_size, sparsity, batch, channels_last, generator)
     with torch.no_grad():
@@ -198,7 +203,7 @@ def run_case(layer: Layer, group_size: int, sparsity: float, *, batch: int, runs
                 raise AssertionError(f"{layer.name} G={group_size} s={sparsity}: {name} differs "
                                      f"from dense by {rel:.2e} (max relative error)")
             error = max(error, rel)
-        medians, busy = time_interleaved(functions, runs)
+        medians, busy = time_interleaved(functions, runs, clock=clock)
     return Row(layer.name, group_size, sparsity, medians["dense"], medians["ours"],
                medians["loop"], medians["dense"] / medians["ours"],
                medians["loop"] / medians["ours"], 1.0 / kept_fraction, error, busy)
@@ -222,8 +227,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", help="comma-separated substrings of layer names to keep")
     parser.add_argument("--group-sizes", help="comma-separated, default 32,64,128")
     parser.add_argument("--sparsities", help="comma-separated, default 0,0.3,0.5,0.75,0.9")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default) or this process's CPU time (only with "
+                             "--threads 1: steadier on a machine that other work keeps busy)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu needs --threads 1 (CPU time of several threads counts spinning)")
 
     torch.set_num_threads(args.threads)
     group_sizes = (64,) if args.quick else GROUP_SIZES
@@ -239,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"groupsparse CPU kernels vs dense eager: {args.threads} threads, batch {args.batch}, "
           f"float32, torch {torch.__version__}, {_cpu_name()} ({os.cpu_count()} cpus)")
     print("kernels timed directly (not through gs.compile_sparse, which keeps a layer dense "
-          "where it would not win); medians of interleaved runs")
+          f"where it would not win); medians of interleaved runs, {args.clock} clock")
     header = (f"{'layer':32s} {'G':>4s} {'sparsity':>8s} {'dense ms':>9s} {'ours ms':>9s} "
               f"{'loop ms':>9s} {'dense/ours':>10s} {'loop/ours':>9s} {'bound':>6s} {'busy':>5s}")
     print(header)
@@ -248,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         for group_size in group_sizes:
             for sparsity in sparsities:
                 row = run_case(layer, group_size, sparsity, batch=args.batch, runs=runs,
-                               channels_last=args.channels_last, seed=args.seed)
+                               channels_last=args.channels_last, seed=args.seed,
+                               clock=args.clock)
                 rows.append(row)
                 print(f"{row.layer:32s} {row.group_size:4d} {row.sparsity:8.2f} "
                       f"{row.dense_ms:9.3f} {row.ours_ms:9.3f} {row.loop_ms:9.3f} "
@@ -258,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = {"threads": args.threads, "batch": args.batch, "runs": runs,
                     "channels_last": args.channels_last, "torch": torch.__version__,
                     "machine": platform.platform(), "cpu": _cpu_name(), "cpus": os.cpu_count(),
-                    "timed": "kernels directly", "seed": args.seed}
+                    "timed": "kernels directly", "clock": args.clock,
+                    "seed": args.seed}
         args.json.write_text(json.dumps({"settings": settings,
                                          "rows": [asdict(row) for row in rows]}, indent=1))
     return 0

@@ -34,7 +34,9 @@ ConvGeometry = tuple[int, int, int, int, int, int, int, int, int, int]
 
 # The gathered columns of one tile (all groups, a band of output pixels) are sized to stay
 # in the caches until the GEMM that follows reads them.
-_TILE_BYTES = 8 << 20
+_TILE_BYTES = 4 << 20
+# ... but a tile covers at least this many output pixels (GEMM width), tile_bytes or not.
+_MIN_TILE_PIXELS = 256
 # Below this output width, a stride-1 conv uses the wide grid (see _ConvGrid).
 _NARROW_MIN_WIDTH = 32
 # Padded inputs this large zero only their border (F.pad fills the whole buffer first).
@@ -154,11 +156,17 @@ class _ConvGrid:
 
 
 def _band_size(grid: _ConvGrid, gathered_rows: int, tile_bytes: int, item: int) -> tuple[int, int]:
-    """(images, rows) per tile, so that a tile's gathered columns take about tile_bytes."""
-    rows = max(1, tile_bytes // max(gathered_rows * grid.row_pitch * item, 1))
-    if rows < grid.out_h:
-        return 1, rows
-    return min(grid.batch, max(1, tile_bytes // max(gathered_rows * grid.pixels * item, 1))), grid.out_h
+    """(images, rows) per tile, so that a tile's gathered columns take about tile_bytes.
+
+    Bands are balanced (an image of 14 rows in two tiles is 7 + 7, not 13 + 1), rounded to the
+    nearest count, and at least _MIN_TILE_PIXELS wide: a thinner GEMM runs well below speed."""
+    image_bytes = gathered_rows * grid.pixels * item
+    bands = max(1, round(image_bytes / max(tile_bytes, 1)))
+    bands = min(bands, grid.out_h, max(1, grid.pixels // _MIN_TILE_PIXELS))
+    if bands > 1:
+        return 1, -(-grid.out_h // bands)
+    images = max(1, round(tile_bytes / max(image_bytes, 1)))
+    return min(grid.batch, images), grid.out_h
 
 
 def gather_conv_columns(

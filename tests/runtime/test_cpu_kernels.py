@@ -75,7 +75,7 @@ def _conv_reference(case, x, dense, bias):
     return out.relu() if case["relu"] else out
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(conv_cases())
 def test_grouped_conv2d_matches_masked_dense(case):
     kh, kw = case["geometry"][:2]
@@ -99,7 +99,7 @@ def test_grouped_conv2d_matches_masked_dense(case):
     _assert_close(loop, expected)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(conv_cases())
 def test_gather_conv_columns_is_reordered_im2col(case):
     kh, kw, sh, sw, top, bottom, left, right, dh, dw = case["geometry"]
@@ -127,7 +127,7 @@ def test_conv_batches_share_tiles(images):
         _assert_close(out, expected)
 
 
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     lead=st.sampled_from([(), (1,), (5,), (2, 3), (0,)]),
     tokens=st.integers(1, 9),
