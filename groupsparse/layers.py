@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["PRUNABLE_TYPES", "gemm_view", "from_gemm_view", "gemm_shape", "prunable_layers"]
+__all__ = ["PRUNABLE_TYPES", "from_gemm_view", "gemm_shape", "gemm_view", "prunable_layers"]
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -46,7 +46,9 @@ def gemm_view(weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape(gemm_shape(weight.shape))
 
 
-def from_gemm_view(matrix: torch.Tensor, weight_shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+def from_gemm_view(
+    matrix: torch.Tensor, weight_shape: torch.Size | tuple[int, ...]
+) -> torch.Tensor:
     """Back from the (M, K) view to the weight's own shape."""
     expected = gemm_shape(weight_shape)
     if tuple(matrix.shape) != expected:

@@ -17,7 +17,7 @@ from ..passes import CompileContext, CompileOptions
 from ..passes.common import readable_placeholder_name
 from .pipeline import run_pipeline
 
-__all__ = ["groupsparse_backend", "BACKEND_OPTIONS"]
+__all__ = ["BACKEND_OPTIONS", "groupsparse_backend"]
 
 BACKEND_OPTIONS = ("inductor", "decide", "kernel", "min_speedup", "exclude", "report")
 
@@ -28,7 +28,9 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, torch.Tensor) and not is_fake(value)
 
 
-def groupsparse_backend(gm: fx.GraphModule, example_inputs: list[Any], options: dict | None = None, **kwargs: Any):
+def groupsparse_backend(
+    gm: fx.GraphModule, example_inputs: list[Any], options: dict | None = None, **kwargs: Any
+):
     """Rewrite group-sparse layers of a Dynamo graph, then compile the rest with Inductor.
 
     Options (``torch.compile(model, backend="groupsparse", options={...})``): ``inductor``
@@ -39,9 +41,13 @@ def groupsparse_backend(gm: fx.GraphModule, example_inputs: list[Any], options: 
     options = {**(options or {}), **kwargs}
     unknown = set(options) - set(BACKEND_OPTIONS)
     if unknown:
-        raise ValueError(f"unknown groupsparse backend options {sorted(unknown)}; allowed: {BACKEND_OPTIONS}")
+        raise ValueError(
+            f"unknown groupsparse backend options {sorted(unknown)}; allowed: {BACKEND_OPTIONS}"
+        )
     placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
-    values = {node.name: value for node, value in zip(placeholders, example_inputs) if _is_real(value)}
+    values = {
+        node.name: value for node, value in zip(placeholders, example_inputs) if _is_real(value)
+    }
     names = {node.name: readable_placeholder_name(node) for node in placeholders}
     all_real = len(values) == len(placeholders)
     compile_options = CompileOptions(
@@ -52,7 +58,9 @@ def groupsparse_backend(gm: fx.GraphModule, example_inputs: list[Any], options: 
     context = CompileContext(
         options=compile_options,
         example_inputs=tuple(example_inputs),
-        placeholder_values={k: v for k, v in values.items() if isinstance(v, torch.nn.Parameter) or k in values},
+        placeholder_values={
+            k: v for k, v in values.items() if isinstance(v, torch.nn.Parameter) or k in values
+        },
         placeholder_names=names,
         exclude=tuple(options.get("exclude", ())),
     )

@@ -21,7 +21,9 @@ def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule
     # export specializes sizes of 0 and 1, so a batch of one would fix the batch size:
     # trace with the batch doubled, and mark every size dynamic
     example_inputs = tuple(
-        torch.cat([value, value]) if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 1 else value
+        torch.cat([value, value])
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 1
+        else value
         for value in example_inputs
     )
     dims = tuple(
@@ -45,7 +47,9 @@ def _without_string_annotations(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def capture(model: nn.Module, example_inputs: tuple[Any, ...], how: str = "auto") -> tuple[fx.GraphModule, str]:
+def capture(
+    model: nn.Module, example_inputs: tuple[Any, ...], how: str = "auto"
+) -> tuple[fx.GraphModule, str]:
     """(GraphModule, how it was captured: "symbolic_trace" or "export")."""
     if how not in ("auto", "symbolic_trace", "export"):
         raise ValueError(f"capture must be 'auto', 'symbolic_trace' or 'export'; got {how!r}")
@@ -61,6 +65,7 @@ def capture(model: nn.Module, example_inputs: tuple[Any, ...], how: str = "auto"
         except Exception as error:
             errors.append(f"torch.export: {type(error).__name__}: {error}")
     raise CaptureError(
-        f"could not capture {type(model).__name__} as a graph:\n  " + "\n  ".join(errors)
+        f"could not capture {type(model).__name__} as a graph:\n  "
+        + "\n  ".join(errors)
         + "\nTry torch.compile(model, backend='groupsparse'), which compiles the parts Dynamo can capture."
     )

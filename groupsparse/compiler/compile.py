@@ -33,7 +33,9 @@ class SparseModule(nn.Module):
     model's weights do not reach it (compile again to pick them up).
     """
 
-    def __init__(self, graph_module: fx.GraphModule, report: Report, steps: list[tuple[str, str]]) -> None:
+    def __init__(
+        self, graph_module: fx.GraphModule, report: Report, steps: list[tuple[str, str]]
+    ) -> None:
         super().__init__()
         self.graph_module = graph_module
         self.report = report
@@ -70,7 +72,9 @@ def _check_backend(backend: str, model: nn.Module, example_inputs: tuple[Any, ..
     devices = {t.device.type for t in [*model.parameters(), *model.buffers()]}
     devices |= {x.device.type for x in example_inputs if isinstance(x, torch.Tensor)}
     if backend == "cpu" and devices - {"cpu"}:
-        raise ValueError(f"backend='cpu' needs the model and inputs on the CPU; found {sorted(devices)}")
+        raise ValueError(
+            f"backend='cpu' needs the model and inputs on the CPU; found {sorted(devices)}"
+        )
     if backend == "cuda":
         from ..runtime.ops import _backend
 
@@ -198,9 +202,15 @@ def compile_sparse(
                     "inputs the model's forward takes, as a tensor or tuple"
                 ) from error
         gm, how = capture(work, example_inputs, capture_with)
-        context = CompileContext(options=options, example_inputs=example_inputs, masks=resolved, exclude=exclude)
+        context = CompileContext(
+            options=options, example_inputs=example_inputs, masks=resolved, exclude=exclude
+        )
         steps: list[tuple[str, str]] = [("capture", gm.code)]
-        gm = run_pipeline(gm, context, on_step=lambda name, graph_module, _: steps.append((name, graph_module.code)))
+        gm = run_pipeline(
+            gm,
+            context,
+            on_step=lambda name, graph_module, _: steps.append((name, graph_module.code)),
+        )
     plans = [node.meta[META_PLAN] for node in gm.graph.nodes if META_PLAN in node.meta]
     if not plans:
         raise ValueError(
@@ -220,4 +230,6 @@ def _forget_plan_tensors(gm: fx.GraphModule) -> None:
         for key in (META_INPUT, META_LAYER, META_STRUCTURE):
             node.meta.pop(key, None)
         if META_PLAN in node.meta:
-            node.meta[META_PLAN] = dataclasses.replace(node.meta[META_PLAN], weight=None, column_index=None, bias=None)
+            node.meta[META_PLAN] = dataclasses.replace(
+                node.meta[META_PLAN], weight=None, column_index=None, bias=None
+            )

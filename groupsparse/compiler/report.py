@@ -80,7 +80,18 @@ class Report:
         return [asdict(row) for row in self.rows]
 
     def __str__(self) -> str:
-        header = ("layer", "op", "M x K", "pattern", "groups", "kept", "FLOPs", "after", "decision", "reason")
+        header = (
+            "layer",
+            "op",
+            "M x K",
+            "pattern",
+            "groups",
+            "kept",
+            "FLOPs",
+            "after",
+            "decision",
+            "reason",
+        )
         lines = [header]
         for row in self.rows:
             groups = f"{row.groups}x{row.group_size}" if row.pattern == "group" else "-"
@@ -91,7 +102,9 @@ class Report:
             ))  # fmt: skip
         widths = [max(len(str(line[i])) for line in lines) for i in range(len(header) - 1)]
         text = [
-            "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths)) + "  " + str(line[-1])
+            "  ".join(str(cell).ljust(width) for cell, width in zip(line, widths))
+            + "  "
+            + str(line[-1])
             for line in lines
         ]
         text.insert(1, "-" * min(160, max(len(t) for t in text)))

@@ -55,7 +55,9 @@ def _group_size(mask: torch.Tensor) -> int:
     rows = mask.shape[0]
     if rows == 1:
         return 1
-    changes = (mask[1:] != mask[:-1]).any(dim=1).nonzero().flatten() + 1  # rows that start a new run
+    changes = (mask[1:] != mask[:-1]).any(
+        dim=1
+    ).nonzero().flatten() + 1  # rows that start a new run
     size = 0
     for start in changes.tolist():
         size = math.gcd(size, start)
@@ -90,7 +92,9 @@ def structure_of(mask: torch.Tensor, source: str) -> LayerStructure:
     rows, columns = mask.shape
     kept_fraction = float(mask.sum()) / mask.numel()
     if kept_fraction == 1.0:
-        return LayerStructure("dense", rows, (torch.arange(columns),), 1.0, source, (torch.arange(rows),))
+        return LayerStructure(
+            "dense", rows, (torch.arange(columns),), 1.0, source, (torch.arange(rows),)
+        )
     group_size = _group_size(mask)
     pattern = "group"
     group_rows = _consecutive_rows(rows, group_size)

@@ -15,10 +15,10 @@ from torch import fx, nn
 __all__ = [
     "CONV_FUNCTIONS",
     "LINEAR_FUNCTIONS",
-    "META_LAYER",
     "META_INPUT",
-    "META_STRUCTURE",
+    "META_LAYER",
     "META_PLAN",
+    "META_STRUCTURE",
     "CompileContext",
     "CompileOptions",
     "PrunableLayer",
@@ -204,11 +204,17 @@ def module_layer(name: str, module: nn.Module) -> PrunableLayer | None:
 
 def _ntuple(value: Any, dims: int) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)):
-        return tuple(int(v) for v in value) if len(value) == dims else tuple(int(value[0]) for _ in range(dims))
+        return (
+            tuple(int(v) for v in value)
+            if len(value) == dims
+            else tuple(int(value[0]) for _ in range(dims))
+        )
     return tuple(int(value) for _ in range(dims))
 
 
-def function_layer(gm: fx.GraphModule, node: fx.Node, context: CompileContext) -> PrunableLayer | None:
+def function_layer(
+    gm: fx.GraphModule, node: fx.Node, context: CompileContext
+) -> PrunableLayer | None:
     """The layer record of a functional conv/linear call whose weight is a graph constant."""
     args = list(node.args) + [None] * 7
     kwargs = node.kwargs
@@ -221,7 +227,7 @@ def function_layer(gm: fx.GraphModule, node: fx.Node, context: CompileContext) -
     if bias_node is not None and bias is None:
         return None  # a bias computed at run time: leave the call alone
     name = constant_name(gm, weight_node, context) or node.name
-    name = name[: -len(".weight")] if name.endswith(".weight") else name
+    name = name.removesuffix(".weight")
     if node.target in LINEAR_FUNCTIONS:
         return PrunableLayer(name, "linear", weight, bias)
     dims = CONV_FUNCTIONS[node.target]

@@ -6,7 +6,14 @@ import fnmatch
 
 from torch import fx
 
-from .common import CONV_FUNCTIONS, LINEAR_FUNCTIONS, META_LAYER, CompileContext, function_layer, module_layer
+from .common import (
+    CONV_FUNCTIONS,
+    LINEAR_FUNCTIONS,
+    META_LAYER,
+    CompileContext,
+    function_layer,
+    module_layer,
+)
 
 __all__ = ["find_prunable"]
 
@@ -24,7 +31,9 @@ def find_prunable(gm: fx.GraphModule, context: CompileContext) -> list[fx.Node]:
         layer = None
         if node.op == "call_module":
             layer = module_layer(str(node.target), gm.get_submodule(node.target))
-        elif node.op == "call_function" and (node.target in CONV_FUNCTIONS or node.target in LINEAR_FUNCTIONS):
+        elif node.op == "call_function" and (
+            node.target in CONV_FUNCTIONS or node.target in LINEAR_FUNCTIONS
+        ):
             layer = function_layer(gm, node, context)
         if layer is None or _excluded(layer.name, context.exclude):
             continue

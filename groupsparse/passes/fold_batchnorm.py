@@ -29,12 +29,25 @@ def _batchnorm_stats(gm: fx.GraphModule, node: fx.Node, context: CompileContext)
         if training:
             return None
         names = ("running_mean", "running_var", "weight", "bias")
-        values = [constant_value(gm, node.kwargs.get(n, args[i + 1]), context) for i, n in enumerate(names)]
+        values = [
+            constant_value(gm, node.kwargs.get(n, args[i + 1]), context)
+            for i, n in enumerate(names)
+        ]
         if values[0] is None or values[1] is None:
             return None
         eps = node.kwargs.get("eps", args[7] if args[7] is not None else 1e-5)
         return (*values, eps)
     return None
+
+
+def _per_kernel_row(
+    values: torch.Tensor | None, fill: float, kernel_rows: torch.Tensor, padded: int
+) -> torch.Tensor:
+    """Per-output-channel values placed at each channel's kernel row (float64; padding = fill)."""
+    out = torch.full((padded,), fill, dtype=torch.float64, device=kernel_rows.device)
+    if values is not None:
+        out[kernel_rows] = values.to(device=kernel_rows.device, dtype=torch.float64)
+    return out
 
 
 def fold_batchnorm(gm: fx.GraphModule, context: CompileContext) -> int:
@@ -43,7 +56,12 @@ def fold_batchnorm(gm: fx.GraphModule, context: CompileContext) -> int:
     folded = 0
     for node in list(gm.graph.nodes):
         plan = node.meta.get(META_PLAN)
-        if plan is None or plan.decision != "sparse" or plan.kind != "conv2d" or len(node.users) != 1:
+        if (
+            plan is None
+            or plan.decision != "sparse"
+            or plan.kind != "conv2d"
+            or len(node.users) != 1
+        ):
             continue
         user = next(iter(node.users))
         if user.args[0] is not node:
@@ -56,17 +74,20 @@ def fold_batchnorm(gm: fx.GraphModule, context: CompileContext) -> int:
         padded = groups * group_rows
         dtype, device = plan.weight.dtype, plan.weight.device
 
-        kernel_rows = torch.arange(plan.rows, device=device) if plan.row_index is None else plan.row_index
-
-        def padded_rows(values, fill):  # per output channel -> per kernel row
-            out = torch.full((padded,), fill, dtype=torch.float64, device=device)
-            if values is not None:
-                out[kernel_rows] = values.to(device=device, dtype=torch.float64)
-            return out
-
-        scale = padded_rows(gamma, 1.0) / torch.sqrt(padded_rows(var, 1.0) + eps)
-        bias = plan.bias.to(torch.float64) if plan.bias is not None else torch.zeros(padded, dtype=torch.float64, device=device)
-        new_bias = (bias - padded_rows(mean, 0.0)) * scale + padded_rows(beta, 0.0)
+        kernel_rows = (
+            torch.arange(plan.rows, device=device) if plan.row_index is None else plan.row_index
+        )
+        scale = _per_kernel_row(gamma, 1.0, kernel_rows, padded) / torch.sqrt(
+            _per_kernel_row(var, 1.0, kernel_rows, padded) + eps
+        )
+        bias = (
+            _per_kernel_row(None, 0.0, kernel_rows, padded)
+            if plan.bias is None
+            else plan.bias.to(torch.float64)
+        )
+        new_bias = (
+            bias - _per_kernel_row(mean, 0.0, kernel_rows, padded)
+        ) * scale + _per_kernel_row(beta, 0.0, kernel_rows, padded)
         weight = plan.weight.to(torch.float64) * scale.view(groups, group_rows, 1)
         node.meta[META_PLAN] = dataclasses.replace(
             plan,

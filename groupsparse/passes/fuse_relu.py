@@ -10,7 +10,13 @@ from .common import CompileContext
 
 __all__ = ["fuse_relu"]
 
-_RELU_FUNCTIONS = {torch.relu, torch.relu_, F.relu, torch.ops.aten.relu.default, torch.ops.aten.relu_.default}
+_RELU_FUNCTIONS = {
+    torch.relu,
+    torch.relu_,
+    F.relu,
+    torch.ops.aten.relu.default,
+    torch.ops.aten.relu_.default,
+}
 
 
 def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:

@@ -13,9 +13,17 @@ from torch import fx
 
 from ..runtime import ops  # noqa: F401  (registers torch.ops.groupsparse)
 from .analyze import LayerStructure
-from .common import META_INPUT, META_LAYER, META_PLAN, META_STRUCTURE, CompileContext, PrunableLayer, Refusal
+from .common import (
+    META_INPUT,
+    META_LAYER,
+    META_PLAN,
+    META_STRUCTURE,
+    CompileContext,
+    PrunableLayer,
+    Refusal,
+)
 
-__all__ = ["LayerPlan", "plan", "pack", "conv_geometry", "should_rewrite"]
+__all__ = ["LayerPlan", "conv_geometry", "pack", "plan", "should_rewrite"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,9 @@ class LayerPlan:
     reason: str
     weight: torch.Tensor | None = field(default=None, repr=False)  # (groups, G, k)
     column_index: torch.Tensor | None = field(default=None, repr=False)  # (groups, k)
-    row_index: torch.Tensor | None = field(default=None, repr=False)  # (M,) kernel row of each output row
+    row_index: torch.Tensor | None = field(
+        default=None, repr=False
+    )  # (M,) kernel row of each output row
     bias: torch.Tensor | None = field(default=None, repr=False)
     geometry: tuple[int, ...] = ()
     flops_dense: int = 0
@@ -72,13 +82,17 @@ def conv_geometry(layer: PrunableLayer) -> tuple[int, ...]:
     return (kh, kw, sh, sw, top, bottom, left, right, dh, dw)
 
 
-def should_rewrite(layer: PrunableLayer, structure: LayerStructure, example: torch.Tensor | None) -> Refusal | bool:
+def should_rewrite(
+    layer: PrunableLayer, structure: LayerStructure, example: torch.Tensor | None
+) -> Refusal | bool:
     """True when the layer can run as a grouped GEMM; otherwise a Refusal saying why."""
     if layer.kind not in ("conv2d", "linear"):
         return Refusal(f"{layer.kind} is not supported yet (conv2d and linear are)")
     if layer.kind == "conv2d":
         if layer.groups != 1:
-            return Refusal(f"grouped/depthwise conv (groups={layer.groups}) is left to the dense kernel")
+            return Refusal(
+                f"grouped/depthwise conv (groups={layer.groups}) is left to the dense kernel"
+            )
         if layer.padding_mode != "zeros":
             return Refusal(f"padding_mode={layer.padding_mode!r} is not supported (only 'zeros')")
         if example is not None and example.dim() != 4:
@@ -90,7 +104,9 @@ def should_rewrite(layer: PrunableLayer, structure: LayerStructure, example: tor
     if structure.pattern == "dense":
         return Refusal("nothing is pruned")
     if structure.pattern != "group":
-        return Refusal(f"pattern found is {structure.pattern}, not group-wise (no rows share column sets)")
+        return Refusal(
+            f"pattern found is {structure.pattern}, not group-wise (no rows share column sets)"
+        )
     return True
 
 
@@ -107,7 +123,9 @@ def pack(
     weight = torch.zeros(structure.groups, size, kept, dtype=dtype, device=matrix.device)
     index = torch.zeros(structure.groups, kept, dtype=torch.int64, device=matrix.device)
     position = torch.empty(rows, dtype=torch.int64)
-    for group, (group_rows, group_columns) in enumerate(zip(structure.group_rows, structure.group_columns)):
+    for group, (group_rows, group_columns) in enumerate(
+        zip(structure.group_rows, structure.group_columns)
+    ):
         count = group_columns.numel()
         group_columns = group_columns.to(matrix.device)
         block = matrix[group_rows.to(matrix.device)][:, group_columns]
@@ -147,15 +165,34 @@ def sparse_call(plan_: LayerPlan, x: torch.Tensor, kernel: str):
     """A zero-argument callable running the plan's kernel on ``x``."""
     if plan_.kind == "linear":
         op = torch.ops.groupsparse.linear_loop if kernel == "loop" else torch.ops.groupsparse.linear
-        return lambda: op(x, plan_.weight, plan_.column_index, plan_.bias, False, plan_.rows, plan_.input_width, plan_.row_index)
+        return lambda: op(
+            x,
+            plan_.weight,
+            plan_.column_index,
+            plan_.bias,
+            False,
+            plan_.rows,
+            plan_.input_width,
+            plan_.row_index,
+        )
     op = torch.ops.groupsparse.conv2d_loop if kernel == "loop" else torch.ops.groupsparse.conv2d
     geometry = list(plan_.geometry)
     return lambda: op(
-        x, plan_.weight, plan_.column_index, plan_.bias, geometry, False, plan_.rows, plan_.input_width, plan_.row_index
+        x,
+        plan_.weight,
+        plan_.column_index,
+        plan_.bias,
+        geometry,
+        False,
+        plan_.rows,
+        plan_.input_width,
+        plan_.row_index,
     )
 
 
-def _flops(layer: PrunableLayer, x: torch.Tensor | None, kept_columns_total: int) -> tuple[int, int]:
+def _flops(
+    layer: PrunableLayer, x: torch.Tensor | None, kept_columns_total: int
+) -> tuple[int, int]:
     """Multiply-adds x2 of the dense layer and of the grouped GEMM, on the example input."""
     if x is None:
         return 0, 0
@@ -172,11 +209,17 @@ def _flops(layer: PrunableLayer, x: torch.Tensor | None, kept_columns_total: int
     return 2 * rows * columns * positions, 2 * kept_columns_total * positions
 
 
-def _plan_layer(layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor | None, context: CompileContext) -> LayerPlan:
+def _plan_layer(
+    layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor | None, context: CompileContext
+) -> LayerPlan:
     options = context.options
     rows, columns = layer.gemm_shape
-    kept_total = sum(r.numel() * c.numel() for r, c in zip(structure.group_rows, structure.group_columns))
-    flops_dense, flops_sparse = _flops(layer, x, kept_total if structure.pattern == "group" else rows * columns)
+    kept_total = sum(
+        r.numel() * c.numel() for r, c in zip(structure.group_rows, structure.group_columns)
+    )
+    flops_dense, flops_sparse = _flops(
+        layer, x, kept_total if structure.pattern == "group" else rows * columns
+    )
     base = dict(
         name=layer.name, kind=layer.kind, rows=rows, columns=columns,
         group_size=structure.group_size, groups=structure.groups,
@@ -197,12 +240,17 @@ def _plan_layer(layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor
         **base, decision="sparse", kernel=options.kernel, reason="", weight=weight,
         column_index=column_index, row_index=row_index, bias=bias, geometry=geometry,
     )  # fmt: skip
-    padded_fraction = structure.groups * structure.group_size * candidate.kept_columns / (rows * columns)
+    padded_fraction = (
+        structure.groups * structure.group_size * candidate.kept_columns / (rows * columns)
+    )
     if options.decide == "always":
         return _with(candidate, reason="rewritten: decide='always'")
     if options.decide == "cost":
         if padded_fraction > options.max_kept_fraction:
-            return _dense(candidate, f"cost model: keeps {padded_fraction:.0%} of the GEMM (> {options.max_kept_fraction:.0%})")
+            return _dense(
+                candidate,
+                f"cost model: keeps {padded_fraction:.0%} of the GEMM (> {options.max_kept_fraction:.0%})",
+            )
         return _with(candidate, reason=f"cost model: keeps {padded_fraction:.0%} of the GEMM")
     x = x.to(weight.device)
     with torch.no_grad():
@@ -211,7 +259,10 @@ def _plan_layer(layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor
     timed = _with(candidate, dense_ms=dense_ms, sparse_ms=sparse_ms)
     speedup = dense_ms / sparse_ms
     if speedup < options.min_speedup:
-        return _dense(timed, f"would be slower: {speedup:.2g}x of dense on the example input (needs {options.min_speedup:.2f}x)")
+        return _dense(
+            timed,
+            f"would be slower: {speedup:.2g}x of dense on the example input (needs {options.min_speedup:.2f}x)",
+        )
     return _with(timed, reason=f"{speedup:.2f}x faster than dense on the example input")
 
 
@@ -221,7 +272,14 @@ def _with(plan_: LayerPlan, **changes) -> LayerPlan:
 
 def _dense(plan_: LayerPlan, reason: str) -> LayerPlan:
     return _with(
-        plan_, decision="dense", kernel="dense", reason=reason, weight=None, column_index=None, row_index=None, bias=None
+        plan_,
+        decision="dense",
+        kernel="dense",
+        reason=reason,
+        weight=None,
+        column_index=None,
+        row_index=None,
+        bias=None,
     )
 
 
@@ -234,6 +292,8 @@ def plan(gm: fx.GraphModule, context: CompileContext) -> int:
         layer = node.meta.get(META_LAYER)
         if layer is None:
             continue
-        node.meta[META_PLAN] = _plan_layer(layer, node.meta[META_STRUCTURE], node.meta.get(META_INPUT), context)
+        node.meta[META_PLAN] = _plan_layer(
+            layer, node.meta[META_STRUCTURE], node.meta.get(META_INPUT), context
+        )
         rewritten += node.meta[META_PLAN].decision == "sparse"
     return rewritten

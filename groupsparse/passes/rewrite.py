@@ -11,7 +11,7 @@ from torch import fx
 from .common import META_PLAN
 from .plan import LayerPlan
 
-__all__ = ["replace_with_op", "buffer_prefix"]
+__all__ = ["buffer_prefix", "replace_with_op"]
 
 
 def buffer_prefix(gm: fx.GraphModule, name: str) -> str:
@@ -42,7 +42,9 @@ def replace_with_op(gm: fx.GraphModule, node: fx.Node, op, extra_args: tuple) ->
         columns = _buffer(gm, f"{prefix}_columns", plan.column_index)
         bias = _buffer(gm, f"{prefix}_bias", plan.bias)
         rows = _buffer(gm, f"{prefix}_rows", plan.row_index)  # only for channel-permuted groups
-        new = gm.graph.call_function(op, (source, weight, columns, bias, *extra_args, *((rows,) if rows is not None else ())))
+        new = gm.graph.call_function(
+            op, (source, weight, columns, bias, *extra_args, *((rows,) if rows is not None else ()))
+        )
     new.meta.update(node.meta)
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)

@@ -19,16 +19,16 @@ from .group import GroupWise, group_bounds
 from .vector import VectorWise, parse_n_m
 
 __all__ = [
-    "Pattern",
-    "ElementWise",
-    "VectorWise",
-    "BlockWise",
-    "GroupWise",
-    "FilterWise",
     "PATTERN_NAMES",
-    "resolve_pattern",
+    "BlockWise",
+    "ElementWise",
+    "FilterWise",
+    "GroupWise",
+    "Pattern",
+    "VectorWise",
     "check_sparsity",
     "group_bounds",
+    "resolve_pattern",
 ]
 
 _BY_NAME: dict[str, type[Pattern]] = {

@@ -25,7 +25,7 @@ import torch
 
 from . import cpu
 
-__all__ = ["conv2d", "linear", "conv2d_loop", "linear_loop", "BackendUnavailable"]
+__all__ = ["BackendUnavailable", "conv2d", "conv2d_loop", "linear", "linear_loop"]
 
 
 class BackendUnavailable(RuntimeError):
@@ -73,7 +73,9 @@ def _check_width(x: torch.Tensor, width: int, dim: int, op: str, what: str) -> N
         )
 
 
-def _place(out: torch.Tensor, channels: int, dim: int, row_index: torch.Tensor | None) -> torch.Tensor:
+def _place(
+    out: torch.Tensor, channels: int, dim: int, row_index: torch.Tensor | None
+) -> torch.Tensor:
     """The layer's output rows from the kernel's: padding rows dropped, and, for
     channel-permuted groups, each row read from where its group put it."""
     if row_index is not None:
@@ -84,7 +86,12 @@ def _place(out: torch.Tensor, channels: int, dim: int, row_index: torch.Tensor |
 
 
 def _conv_shape(
-    x: torch.Tensor, weight: torch.Tensor, geometry: list[int], out_channels: int, in_channels: int, op: str
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    geometry: list[int],
+    out_channels: int,
+    in_channels: int,
+    op: str,
 ) -> tuple[int, ...]:
     """Checks what a conv2d call gets and returns its output shape."""
     if x.dim() != 4:
@@ -100,7 +107,9 @@ def _conv_shape(
     return (x.shape[0], out_channels, out_h, out_w)
 
 
-def _linear_shape(x: torch.Tensor, weight: torch.Tensor, out_features: int, in_features: int, op: str) -> tuple[int, ...]:
+def _linear_shape(
+    x: torch.Tensor, weight: torch.Tensor, out_features: int, in_features: int, op: str
+) -> tuple[int, ...]:
     """Checks what a linear call gets and returns its output shape."""
     _check_inputs(x, weight, op)
     _check_width(x, in_features, -1, op, "features (last dim)")
