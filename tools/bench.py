@@ -89,20 +89,21 @@ QUICK_MODELS = (
 QUICK_SPARSITIES = (0.75,)
 QUICK_RUNS = 3
 
-# Seconds for one sparsity of a model (all patterns, batch 1, 2 threads): (setup: pruning,
-# compiling, checking; one timed round: every method called once). Measured with this script
-# on a 2-core AMD EPYC shared with other jobs, so an upper bound.
-_COST_S: dict[str, tuple[float, float]] = {
-    "vgg16": (420.0, 18.0),
-    "resnet50": (240.0, 4.0),
-    "bert-base": (200.0, 8.0),
-    "vit-b16": (220.0, 10.0),
-    "vgg16:image_size=64": (140.0, 1.5),
-    "resnet50:image_size=64": (140.0, 0.5),
-    "bert-base:num_layers=2": (70.0, 1.5),
-    "vit-b16:num_layers=2": (70.0, 1.5),
+# Wall seconds, all patterns, batch 1, 2 threads: (building the model and compiling it dense,
+# once; pruning, compiling and checking, per sparsity; one timed round of every method).
+# Measured with this script (--sparsities 0.9 --runs 2, and --quick) on a 2-core AMD EPYC
+# while other jobs kept its load average near 7: a quiet machine should be faster.
+_COST_S: dict[str, tuple[float, float, float]] = {
+    "vgg16": (50.0, 378.0, 24.0),
+    "resnet50": (50.0, 151.0, 11.8),
+    "bert-base": (50.0, 419.0, 16.0),
+    "vit-b16": (50.0, 408.0, 19.0),
+    "vgg16:image_size=64": (50.0, 480.0, 16.3),
+    "resnet50:image_size=64": (50.0, 294.0, 8.8),
+    "bert-base:num_layers=2": (30.0, 107.0, 2.3),
+    "vit-b16:num_layers=2": (30.0, 59.0, 5.3),
 }
-_SMALL_MODEL_COST_S = (30.0, 0.05)
+_SMALL_MODEL_COST_S = (20.0, 30.0, 0.05)
 
 
 def parse_model(spec: str) -> tuple[str, dict[str, Any]]:
@@ -446,6 +447,13 @@ def _time(
     return stats
 
 
+def _dynamo_frames() -> int:
+    """How many frames Dynamo has compiled so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["frames"]["total"])
+
+
 # ---------------------------------------------------------------------------------------------
 # machine, estimate
 
@@ -481,14 +489,14 @@ def machine_slug(info: dict[str, Any]) -> str:
 
 
 def estimate_s(args: argparse.Namespace) -> float:
-    """Rough wall time of this run (from _COST_S, scaled to runs, sparsities and patterns)."""
+    """Rough wall time of this run: _COST_S scaled to the runs, sparsities and patterns."""
     total = 0.0
     pattern_share = (2 + 2 * len(args.patterns)) / 10  # dense, dense-compile, then 2 per pattern
+    rounds = args.runs + args.warmup + 1  # + the check's call
     for spec in args.models:
         cost = _COST_S.get(spec) or _COST_S.get(parse_model(spec)[0], _SMALL_MODEL_COST_S)
-        setup, per_round = cost
-        rounds = args.runs + args.warmup + 1  # + the check's call
-        total += len(args.sparsities) * pattern_share * (setup + rounds * per_round)
+        build, setup, per_round = cost
+        total += build + len(args.sparsities) * pattern_share * (setup + rounds * per_round)
     return total
 
 
@@ -513,7 +521,8 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"eager); {machine['cpu']}, {settings['threads']} threads, batch {settings['batch']}, "
             f"float32, group size {settings['group_size']}, torch {machine['torch']}."
         ),
-        f"Command: `{settings['command']}`",
+        f"Command: `{settings['command']}`"
+        + "".join(f", merged with `{command}`" for command in results.get("merged_commands", [])),
         "",
         "| model | sparsity | " + " | ".join(_label(m, results) for m in methods) + " |",
         "|---|---|" + "---|" * len(methods),
@@ -522,6 +531,12 @@ def markdown_table(results: dict[str, Any]) -> str:
     for cell in results["cells"]:
         dense_ms = cell["methods"].get("dense", {}).get("median_ms")
         row = [cell["model"], f"{cell['sparsity']:.0%}"]
+        if cell.get("error"):
+            footnotes.append(f"{cell['model']}: {cell['error']}")
+            lines.append(
+                "| " + " | ".join(row + [f"error [{len(footnotes)}]"] * len(methods)) + " |"
+            )
+            continue
         for method in methods:
             entry = cell["methods"].get(method)
             if entry is None:
@@ -549,6 +564,15 @@ def markdown_table(results: dict[str, Any]) -> str:
     notes = [f"[{i}] {text}" for i, text in enumerate(footnotes, 1)]
     if results.get("nm_cpu_kernel"):
         notes.append(f"vector N:M runs dense: {results['nm_cpu_kernel']}.")
+    recompiled = [
+        f"{c['model']} {c['sparsity']:.0%}"
+        for c in results["cells"]
+        if c.get("compiles_during_timing")
+    ]
+    if recompiled:
+        notes.append(
+            f"torch.compile compiled again while timing (times include it): {', '.join(recompiled)}."
+        )
     fallbacks = sorted(
         {
             note
@@ -724,12 +748,41 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other models' and sparsities' results already in --out (same settings)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
         help="default bench/results/<machine>/ (--quick: .../quick/)",
     )
     return parser
+
+
+def _merge_earlier(results: dict[str, Any], out: Path, args: argparse.Namespace) -> None:
+    """Keep the cells of an earlier results.json in ``out`` that this run does not redo, so a
+    long run can be split by model; refuses results made with other settings."""
+    path = out / "results.json"
+    if not path.exists():
+        return
+    earlier = json.loads(path.read_text())
+    keys = ("threads", "batch", "group_size", "bsr_block", "runs", "warmup")
+    differs = [key for key in keys if earlier["settings"].get(key) != results["settings"][key]]
+    differs += [
+        key for key in ("cpu", "torch") if earlier["machine"].get(key) != results["machine"][key]
+    ]
+    if differs:
+        raise SystemExit(
+            f"bench: --merge: {path} was made with another {', '.join(differs)}; use another --out"
+        )
+    redone = {(spec, sparsity) for spec in args.models for sparsity in args.sparsities}
+    results["cells"] = [c for c in earlier["cells"] if (c["model"], c["sparsity"]) not in redone]
+    results["merged_commands"] = earlier.get("merged_commands", []) + [
+        earlier["settings"]["command"]
+    ]
+    print(f"bench: --merge keeps {len(results['cells'])} model/sparsity results from {path}")
 
 
 def _write(results: dict[str, Any], out: Path) -> None:
@@ -771,12 +824,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "methods": {name: label for name, (label, _) in METHODS.items()},
         "cells": [],
     }  # fmt: skip
+    if args.merge:
+        _merge_earlier(results, out, args)
     estimate = estimate_s(args)
     print(
         f"bench: {', '.join(args.models)} x sparsity {args.sparsities} x patterns {args.patterns}; "
         f"{args.runs} runs, {args.threads} threads, batch {args.batch}, group size {args.group_size}\n"
         f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; out: {out}\n"
-        f"estimated wall time: about {estimate / 60:.0f} min (upper bound, from a loaded 2-core machine)",
+        f"estimated wall time: about {estimate / 60:.0f} min (calibrated on a loaded 2-core machine; "
+        "a quiet one should be faster; the progress bar's ETA follows the real pace)",
         flush=True,
     )
     started = time.perf_counter()
@@ -820,9 +876,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 progress.set_postfix_str(f"timing {len(cell.variants)} methods x {args.runs} runs")
                 timed = {name: v.run for name, v in cell.variants.items() if v.run is not None}
-                start = time.perf_counter()
+                start, frames = time.perf_counter(), _dynamo_frames()
                 stats = _time(timed, args.runs, args.warmup)
                 timing_s = time.perf_counter() - start
+                # every compiled variant compiled during its check; a compile now is in the times
+                compiles_during_timing = _dynamo_frames() - frames
                 progress.update(1)
                 dense_ms = stats.get("dense", {}).get("median_ms")
                 methods = {}
@@ -839,7 +897,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["cells"].append({
                     "model": spec, "model_name": model_name, "model_args": model_args, "sparsity": sparsity, "nm": cell.nm,
                     "input_shapes": [list(x.shape) for x in example], "excluded_layers": exclude,
-                    "prune_s": cell.prune_s, "timing_s": round(timing_s, 1), "methods": methods, "layers": cell.layers,
+                    "prune_s": cell.prune_s, "timing_s": round(timing_s, 1), "compiles_during_timing": compiles_during_timing, "methods": methods, "layers": cell.layers,
                     "layers_torch_compile": cell.layers_torch_compile,
                 })  # fmt: skip
                 results["wall_s"] = round(time.perf_counter() - started, 1)

@@ -3,6 +3,7 @@ figures), and its helpers. The full-size run is the command in the README, not a
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 
@@ -35,6 +36,7 @@ def _check_results(bench, out, models, sparsities):
             assert entry["runs"] == 2, where
             assert 0 < entry["min_ms"] <= entry["q1_ms"] <= entry["median_ms"], where
             assert entry["median_ms"] <= entry["q3_ms"] <= entry["max_ms"], where
+        assert cell["compiles_during_timing"] == 0
         rows = cell["layers"]  # compile_sparse's report, timed per layer
         assert rows and all(
             row["dense_ms"] is not None for row in rows if row["pattern"] == "group"
@@ -135,7 +137,7 @@ def test_failed_check_is_recorded_not_hidden(bench):
         "nm_cpu_kernel_label": "dense",
         "cells": [
             {
-                "model_label": "m",
+                "model": "m",
                 "sparsity": 0.5,
                 "methods": {
                     "dense": {"median_ms": 2.0, "check": {"passed": True}},
@@ -151,3 +153,22 @@ def test_failed_check_is_recorded_not_hidden(bench):
     table = bench.markdown_table(results)
     assert "1.0 (2.00x) FAILED [1]" in table and "check FAILED, max relative error 5.0e-01" in table
     assert "error [2]" in table and "boom" in table
+
+
+def test_merge_keeps_what_is_not_redone_and_refuses_other_settings(bench, tmp_path):
+    def results(runs, cells):
+        return {
+            "machine": {"cpu": "x", "torch": "t"},
+            "settings": {"command": f"runs {runs}", "threads": 2, "batch": 1, "group_size": 64,
+                         "bsr_block": 16, "runs": runs, "warmup": 1},
+            "cells": [{"model": m, "sparsity": s} for m, s in cells],
+        }  # fmt: skip
+
+    (tmp_path / "results.json").write_text(json.dumps(results(10, [("a", 0.5), ("b", 0.5)])))
+    args = argparse.Namespace(models=["b"], sparsities=[0.5])
+    now = results(10, [])
+    bench._merge_earlier(now, tmp_path, args)
+    assert now["cells"] == [{"model": "a", "sparsity": 0.5}]
+    assert now["merged_commands"] == ["runs 10"]
+    with pytest.raises(SystemExit, match="another runs"):
+        bench._merge_earlier(results(3, []), tmp_path, args)
