@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from groupsparse.runtime import cpu  # noqa: E402
+from groupsparse.runtime import cpu
 
 __all__ = ["LAYERS", "Layer", "balanced_columns", "main"]
 
@@ -73,14 +73,17 @@ LAYERS = (
 GEOMETRY_3X3 = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
 
 
-def balanced_columns(rows: int, columns: int, group_size: int, sparsity: float,
-                     generator: torch.Generator) -> torch.Tensor:
+def balanced_columns(
+    rows: int, columns: int, group_size: int, sparsity: float, generator: torch.Generator
+) -> torch.Tensor:
     """(groups, kept): each group's kept columns of the (M, K) view, sorted, chosen at random."""
-    kept = columns - int(round(columns * sparsity))
-    return torch.stack([
-        torch.randperm(columns, generator=generator)[:kept].sort().values
-        for _ in range(rows // group_size)
-    ])
+    kept = columns - round(columns * sparsity)
+    return torch.stack(
+        [
+            torch.randperm(columns, generator=generator)[:kept].sort().values
+            for _ in range(rows // group_size)
+        ]
+    )
 
 
 def _cpu_name() -> str:
@@ -101,8 +104,12 @@ def _machine_busy() -> float:
     return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def time_interleaved(functions: dict[str, Callable[[], object]], runs: int,
-                     min_sample_ms: float = 2.0, clock: str = "wall") -> tuple[dict[str, float], float]:
+def time_interleaved(
+    functions: dict[str, Callable[[], object]],
+    runs: int,
+    min_sample_ms: float = 2.0,
+    clock: str = "wall",
+) -> tuple[dict[str, float], float]:
     """Median ms of each function, timed in turns; and the share of the machine's cores that
     other processes used meanwhile. Fast functions repeat within a sample (min_sample_ms).
 
@@ -135,8 +142,14 @@ def time_interleaved(functions: dict[str, Callable[[], object]], runs: int,
     return {name: statistics.median(values) for name, values in times.items()}, other
 
 
-def _case(layer: Layer, group_size: int, sparsity: float, batch: int, channels_last: bool,
-          generator: torch.Generator):
+def _case(
+    layer: Layer,
+    group_size: int,
+    sparsity: float,
+    batch: int,
+    channels_last: bool,
+    generator: torch.Generator,
+):
     """(functions to time, kept fraction) for one layer, group size and sparsity."""
     if layer.kind == "conv":
         rows, cols = layer.out_features, layer.in_features * 9
@@ -148,8 +161,11 @@ def _case(layer: Layer, group_size: int, sparsity: float, batch: int, channels_l
     mask = torch.zeros(rows, cols, dtype=torch.bool)
     mask[torch.arange(rows)[:, None], columns.repeat_interleave(group_size, 0)] = True
     dense = dense * mask
-    packed = dense.view(groups, group_size, cols).gather(
-        2, columns[:, None, :].expand(groups, group_size, kept)).contiguous()
+    packed = (
+        dense.view(groups, group_size, cols)
+        .gather(2, columns[:, None, :].expand(groups, group_size, kept))
+        .contiguous()
+    )
     bias = torch.randn(rows, generator=generator)
     if layer.kind == "conv":
         x = torch.randn(batch, layer.in_features, layer.size, layer.size, generator=generator)
@@ -186,8 +202,17 @@ class Row:
     busy: float
 
 
-def run_case(layer: Layer, group_size: int, sparsity: float, *, batch: int, runs: int,
-             channels_last: bool, seed: int, clock: str = "wall") -> Row:
+def run_case(
+    layer: Layer,
+    group_size: int,
+    sparsity: float,
+    *,
+    batch: int,
+    runs: int,
+    channels_last: bool,
+    seed: int,
+    clock: str = "wall",
+) -> Row:
     generator = torch.Generator().manual_seed(seed)
     functions, kept_fraction = _case(layer, group_size, sparsity, batch, channels_last, generator)
     with torch.no_grad():
@@ -196,17 +221,31 @@ def run_case(layer: Layer, group_size: int, sparsity: float, *, batch: int, runs
         for name in ("ours", "loop"):
             out = functions[name]()
             if out.shape != reference.shape:
-                raise AssertionError(f"{layer.name} G={group_size} s={sparsity}: {name} gave "
-                                     f"shape {tuple(out.shape)}, dense {tuple(reference.shape)}")
+                raise AssertionError(
+                    f"{layer.name} G={group_size} s={sparsity}: {name} gave "
+                    f"shape {tuple(out.shape)}, dense {tuple(reference.shape)}"
+                )
             rel = ((out - reference).abs().max() / reference.abs().max().clamp_min(1e-30)).item()
             if not rel < TOLERANCE:
-                raise AssertionError(f"{layer.name} G={group_size} s={sparsity}: {name} differs "
-                                     f"from dense by {rel:.2e} (max relative error)")
+                raise AssertionError(
+                    f"{layer.name} G={group_size} s={sparsity}: {name} differs "
+                    f"from dense by {rel:.2e} (max relative error)"
+                )
             error = max(error, rel)
         medians, busy = time_interleaved(functions, runs, clock=clock)
-    return Row(layer.name, group_size, sparsity, medians["dense"], medians["ours"],
-               medians["loop"], medians["dense"] / medians["ours"],
-               medians["loop"] / medians["ours"], 1.0 / kept_fraction, error, busy)
+    return Row(
+        layer.name,
+        group_size,
+        sparsity,
+        medians["dense"],
+        medians["ours"],
+        medians["loop"],
+        medians["dense"] / medians["ours"],
+        medians["loop"] / medians["ours"],
+        1.0 / kept_fraction,
+        error,
+        busy,
+    )
 
 
 def _goal(row: Row) -> str:
@@ -218,7 +257,9 @@ def _goal(row: Row) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="G=64 at 75%% and 90%% only, fewer runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="G=64 at 75%% and 90%% only, fewer runs"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--json", type=Path, help="also write the rows and settings here")
     parser.add_argument("--runs", type=int, help="timed runs per function (default 30, quick 12)")
@@ -227,9 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", help="comma-separated substrings of layer names to keep")
     parser.add_argument("--group-sizes", help="comma-separated, default 32,64,128")
     parser.add_argument("--sparsities", help="comma-separated, default 0,0.3,0.5,0.75,0.9")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="wall time (default) or this process's CPU time (only with "
-                             "--threads 1: steadier on a machine that other work keeps busy)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time (default) or this process's CPU time (only with "
+        "--threads 1: steadier on a machine that other work keeps busy)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
@@ -243,36 +288,64 @@ def main(argv: list[str] | None = None) -> int:
     if args.sparsities:
         sparsities = tuple(float(v) for v in args.sparsities.split(","))
     runs = args.runs or (12 if args.quick else 30)
-    layers = [layer for layer in LAYERS
-              if not args.layers or any(key in layer.name for key in args.layers.split(","))]
+    layers = [
+        layer
+        for layer in LAYERS
+        if not args.layers or any(key in layer.name for key in args.layers.split(","))
+    ]
 
-    print(f"groupsparse CPU kernels vs dense eager: {args.threads} threads, batch {args.batch}, "
-          f"float32, torch {torch.__version__}, {_cpu_name()} ({os.cpu_count()} cpus)")
-    print("kernels timed directly (not through gs.compile_sparse, which keeps a layer dense "
-          f"where it would not win); medians of interleaved runs, {args.clock} clock")
-    header = (f"{'layer':32s} {'G':>4s} {'sparsity':>8s} {'dense ms':>9s} {'ours ms':>9s} "
-              f"{'loop ms':>9s} {'dense/ours':>10s} {'loop/ours':>9s} {'bound':>6s} {'busy':>5s}")
+    print(
+        f"groupsparse CPU kernels vs dense eager: {args.threads} threads, batch {args.batch}, "
+        f"float32, torch {torch.__version__}, {_cpu_name()} ({os.cpu_count()} cpus)"
+    )
+    print(
+        "kernels timed directly (not through gs.compile_sparse, which keeps a layer dense "
+        f"where it would not win); medians of interleaved runs, {args.clock} clock"
+    )
+    header = (
+        f"{'layer':32s} {'G':>4s} {'sparsity':>8s} {'dense ms':>9s} {'ours ms':>9s} "
+        f"{'loop ms':>9s} {'dense/ours':>10s} {'loop/ours':>9s} {'bound':>6s} {'busy':>5s}"
+    )
     print(header)
     rows: list[Row] = []
     for layer in layers:
         for group_size in group_sizes:
             for sparsity in sparsities:
-                row = run_case(layer, group_size, sparsity, batch=args.batch, runs=runs,
-                               channels_last=args.channels_last, seed=args.seed,
-                               clock=args.clock)
+                row = run_case(
+                    layer,
+                    group_size,
+                    sparsity,
+                    batch=args.batch,
+                    runs=runs,
+                    channels_last=args.channels_last,
+                    seed=args.seed,
+                    clock=args.clock,
+                )
                 rows.append(row)
-                print(f"{row.layer:32s} {row.group_size:4d} {row.sparsity:8.2f} "
-                      f"{row.dense_ms:9.3f} {row.ours_ms:9.3f} {row.loop_ms:9.3f} "
-                      f"{row.dense_over_ours:9.2f}x {row.loop_over_ours:8.2f}x "
-                      f"{row.flop_bound:5.1f}x {row.busy:5.0%}  {_goal(row)}", flush=True)
+                print(
+                    f"{row.layer:32s} {row.group_size:4d} {row.sparsity:8.2f} "
+                    f"{row.dense_ms:9.3f} {row.ours_ms:9.3f} {row.loop_ms:9.3f} "
+                    f"{row.dense_over_ours:9.2f}x {row.loop_over_ours:8.2f}x "
+                    f"{row.flop_bound:5.1f}x {row.busy:5.0%}  {_goal(row)}",
+                    flush=True,
+                )
     if args.json:
-        settings = {"threads": args.threads, "batch": args.batch, "runs": runs,
-                    "channels_last": args.channels_last, "torch": torch.__version__,
-                    "machine": platform.platform(), "cpu": _cpu_name(), "cpus": os.cpu_count(),
-                    "timed": "kernels directly", "clock": args.clock,
-                    "seed": args.seed}
-        args.json.write_text(json.dumps({"settings": settings,
-                                         "rows": [asdict(row) for row in rows]}, indent=1))
+        settings = {
+            "threads": args.threads,
+            "batch": args.batch,
+            "runs": runs,
+            "channels_last": args.channels_last,
+            "torch": torch.__version__,
+            "machine": platform.platform(),
+            "cpu": _cpu_name(),
+            "cpus": os.cpu_count(),
+            "timed": "kernels directly",
+            "clock": args.clock,
+            "seed": args.seed,
+        }
+        args.json.write_text(
+            json.dumps({"settings": settings, "rows": [asdict(row) for row in rows]}, indent=1)
+        )
     return 0
 
 

@@ -8,6 +8,8 @@ under 1e-4.
 
 from __future__ import annotations
 
+from unittest import mock
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -84,15 +86,26 @@ def test_grouped_conv2d_matches_masked_dense(case):
     rows = case["groups"] * case["group_rows"]
     dense, packed, kept_columns = _group_sparse(rows, columns, case["groups"], kept, case["seed"])
     generator = torch.Generator().manual_seed(case["seed"] + 1)
-    x = torch.randn(case["batch"], case["channels"], case["height"], case["width"],
-                    generator=generator)
+    x = torch.randn(
+        case["batch"], case["channels"], case["height"], case["width"], generator=generator
+    )
     if case["channels_last"]:
         x = x.contiguous(memory_format=torch.channels_last)
     bias = torch.randn(rows, generator=generator) if case["bias"] else None
     expected = _conv_reference(case, x, dense, bias)
 
-    out = cpu.grouped_conv2d(x, packed, kept_columns, bias, case["geometry"], case["relu"],
-                             tile_bytes=case["tile_bytes"], wide=case["wide"])
+    # small tiles, down to one output row (the kernel would keep 256 pixels per tile)
+    with mock.patch.object(cpu, "_MIN_TILE_PIXELS", 1):
+        out = cpu.grouped_conv2d(
+            x,
+            packed,
+            kept_columns,
+            bias,
+            case["geometry"],
+            case["relu"],
+            tile_bytes=case["tile_bytes"],
+            wide=case["wide"],
+        )
     _assert_close(out, expected)
     assert out.is_contiguous()
     loop = cpu.loop_conv2d(x, packed, kept_columns, bias, case["geometry"], case["relu"])
@@ -122,9 +135,27 @@ def test_conv_batches_share_tiles(images):
     bias = torch.randn(32)
     expected = _conv_reference(case, x, dense, bias)
     for tile_bytes in (1, 1 << 16, 1 << 30):
-        out = cpu.grouped_conv2d(x, packed, kept_columns, bias, case["geometry"], True,
-                                 tile_bytes=tile_bytes)
+        with mock.patch.object(cpu, "_MIN_TILE_PIXELS", 1):
+            out = cpu.grouped_conv2d(
+                x, packed, kept_columns, bias, case["geometry"], True, tile_bytes=tile_bytes
+            )
         _assert_close(out, expected)
+    _assert_close(
+        cpu.grouped_conv2d(x, packed, kept_columns, bias, case["geometry"], True), expected
+    )
+
+
+def test_conv_of_an_empty_batch():
+    _, packed, kept_columns = _group_sparse(8, 72, 2, 18, seed=0)
+    x = torch.randn(0, 8, 10, 10)
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    for kernel in (cpu.grouped_conv2d, cpu.loop_conv2d):
+        assert kernel(x, packed, kept_columns, torch.randn(8), geometry, True).shape == (
+            0,
+            8,
+            10,
+            10,
+        )
 
 
 @settings(max_examples=40, deadline=None)
@@ -141,8 +172,9 @@ def test_conv_batches_share_tiles(images):
     tile_bytes=st.sampled_from([1, 200, 1 << 23]),
     seed=st.integers(0, 2**16),
 )
-def test_grouped_linear_matches_masked_dense(lead, tokens, features, groups, group_rows,
-                                             kept_fraction, bias, relu, gather, tile_bytes, seed):
+def test_grouped_linear_matches_masked_dense(
+    lead, tokens, features, groups, group_rows, kept_fraction, bias, relu, gather, tile_bytes, seed
+):
     kept = max(1, round(features * kept_fraction))
     rows = groups * group_rows
     dense, packed, kept_columns = _group_sparse(rows, features, groups, kept, seed)
@@ -152,8 +184,10 @@ def test_grouped_linear_matches_masked_dense(lead, tokens, features, groups, gro
     expected = F.linear(x, dense, b)
     expected = expected.relu() if relu else expected
 
-    out = cpu.grouped_linear(x, packed, kept_columns, b, relu, gather=gather,
-                             tile_bytes=tile_bytes)
+    with mock.patch.object(cpu, "_MIN_TILE_PIXELS", 1):  # small tiles: a few tokens each
+        out = cpu.grouped_linear(
+            x, packed, kept_columns, b, relu, gather=gather, tile_bytes=tile_bytes
+        )
     assert out.shape == expected.shape
     if out.numel():
         _assert_close(out, expected)
