@@ -203,7 +203,7 @@ QUICK: dict[str, Any] = {
     "sparsities": (0.75,),
     "criteria": ("magnitude",),
     "seeds": 1,
-    "epochs": {"cnn": 8, "resnet": 10, "vit": 12},
+    "epochs": {"cnn": 8, "resnet": 15, "vit": 12},
     "stage_epochs": 2,
 }
 
@@ -365,11 +365,18 @@ def recalibrate_batchnorm(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def compile_check(
-    model: nn.Module, test_x: torch.Tensor, masked_logits: torch.Tensor
+    model: nn.Module,
+    test_x: torch.Tensor,
+    masked_logits: torch.Tensor,
+    masks: dict[str, torch.Tensor],
 ) -> dict[str, Any]:
-    """Compile with decide="always" and compare its test-set predictions with the masked model's."""
+    """Compile with decide="always" and compare its test-set predictions with the masked model's.
+
+    The Pruner's masks go to the compiler: a kept weight can be exactly zero after
+    fine-tuning (a channel whose gradient is zero, or a weight a permuted regrouping revived),
+    and the zeros alone would then not show the group structure."""
     try:
-        fast = gs.compile_sparse(model, (test_x[:8],), decide="always")
+        fast = gs.compile_sparse(model, (test_x[:8],), masks=masks, decide="always")
     except Exception as error:  # noqa: BLE001 - recorded in the results, see the module docstring
         return {"error": f"{type(error).__name__}: {error}"}
     with torch.no_grad():
@@ -443,7 +450,9 @@ def gradual_runs(
                 finetune_epochs=(stage + 1) * stage_epochs,
             )  # fmt: skip
             if check_compiled and spec.pattern == "group":
-                result.compiled = compile_check(_plain_copy(recipe, model), test_x, logits)
+                result.compiled = compile_check(
+                    _plain_copy(recipe, model), test_x, logits, pruner.masks
+                )
             results[target] = result
     finally:
         pruner.remove()

@@ -39,7 +39,8 @@ class GroupWise(Pattern):
     ``permute=True`` chooses which rows form each group (:meth:`row_groups`) so that rows whose
     important columns agree share a group; the groups are then any sets of G rows, and the
     compiler must read them from the mask (rows with identical column sets) rather than as
-    consecutive runs.
+    consecutive runs. Under a gradual Pruner the groups are searched again at every update, so
+    a row can join a group that keeps a column the row had lost: that weight restarts at zero.
 
     >>> groups = GroupWise(group_size=8, permute=True).row_groups(torch.rand(30, 16), 0.75)
     >>> [len(rows) for rows in groups]

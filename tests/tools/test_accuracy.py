@@ -91,3 +91,17 @@ def test_shift_keeps_the_image_and_fills_the_border(accuracy_tool):
         kept = out[out != -1.0]
         assert set(kept.tolist()) <= set(image.flatten().tolist())
         assert len(kept) >= 9  # at most one row and one column leave the 4x4 frame
+
+
+def test_staged_cubic_reaches_each_target_at_its_stage(accuracy_tool):
+    schedule = accuracy_tool.StagedCubic(
+        targets=(0.5, 0.75, 0.9), stage_steps=50, prune_share=0.4, updates=4
+    )
+    assert schedule.sparsity_at(0, 0.9) == 0.0
+    assert [schedule.sparsity_at(step, 0.9) for step in (20, 49, 70, 99, 120, 500)] == [
+        0.5, 0.5, 0.75, 0.75, 0.9, 0.9,
+    ]  # fmt: skip
+    assert 0.5 < schedule.sparsity_at(65, 0.9) < 0.75
+    assert [step for step in range(50) if schedule.updates_at(step)] == [0, 5, 10, 15, 20]
+    with pytest.raises(ValueError, match="ascending"):
+        accuracy_tool.StagedCubic(targets=(0.9, 0.5), stage_steps=10)
