@@ -34,10 +34,11 @@ META_STRUCTURE = "groupsparse.structure"
 META_PLAN = "groupsparse.plan"
 
 _aten = torch.ops.aten
+# the .padding overloads are how torch.export records padding="same" / "valid"
 CONV_FUNCTIONS: dict[Any, int] = {
-    torch.conv1d: 1, F.conv1d: 1, _aten.conv1d.default: 1,
-    torch.conv2d: 2, F.conv2d: 2, _aten.conv2d.default: 2,
-    torch.conv3d: 3, F.conv3d: 3, _aten.conv3d.default: 3,
+    torch.conv1d: 1, F.conv1d: 1, _aten.conv1d.default: 1, _aten.conv1d.padding: 1,
+    torch.conv2d: 2, F.conv2d: 2, _aten.conv2d.default: 2, _aten.conv2d.padding: 2,
+    torch.conv3d: 3, F.conv3d: 3, _aten.conv3d.default: 3, _aten.conv3d.padding: 3,
 }  # fmt: skip
 LINEAR_FUNCTIONS = {F.linear, torch._C._nn.linear, _aten.linear.default}
 

@@ -7,7 +7,8 @@ ReLU (module, in-place, functional) and GELU, eval-mode batch-norm with random r
 statistics, residual adds and channel concatenations. Each layer is pruned group-wise
 (mostly; random group size, balanced or not, sparsity 0.1 to 0.97), element-wise,
 filter-wise or not at all. The masks go in as zeros in the weights or as ``masks=``; the
-kernel is "grouped" or "loop"; the compiled module is called on fresh inputs with other
+kernel is "grouped" or "loop"; the graph is captured by symbolic tracing or (about one
+model in sixteen) by torch.export; the compiled module is called on fresh inputs with other
 batch sizes (0 included) and, for images, channels_last. Beyond the numbers, each layer must
 be rewritten exactly when its mask shares column sets between G >= 2 rows (checked by code
 independent of the compiler's analysis): element- and filter-wise layers stay dense.
@@ -81,7 +82,9 @@ def check_equivalence(spec: dict) -> None:
         masks=masks if spec["masks_argument"] else None,
         decide="always",
         kernel=spec["kernel"],
+        capture_with=spec["capture"],
     )
+    assert fast.report.capture == spec["capture"]
 
     for row in fast.report:
         expected = "sparse" if structure_is_group_wise(masks[f"{row.name}.weight"]) else "dense"
