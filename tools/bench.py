@@ -91,17 +91,18 @@ QUICK_RUNS = 3
 
 # Wall seconds, all patterns, batch 1, 2 threads: (building the model and compiling it dense,
 # once; pruning, compiling and checking, per sparsity; one timed round of every method).
-# Measured with this script (--sparsities 0.9 --runs 2, and --quick) on a 2-core AMD EPYC
-# while other jobs kept its load average near 7: a quiet machine should be faster.
+# From this script on a 2-core AMD EPYC shared with other jobs: --quick took 6.9 min at load
+# average ~3.5; the full-size figures come from --sparsities 0.9 --runs 2 (30.5 min at load
+# ~7, when --quick took 21 min), scaled by 6.9/21, with rounds x1.3 for the lower sparsities.
 _COST_S: dict[str, tuple[float, float, float]] = {
-    "vgg16": (50.0, 378.0, 24.0),
-    "resnet50": (50.0, 151.0, 11.8),
-    "bert-base": (50.0, 419.0, 16.0),
-    "vit-b16": (50.0, 408.0, 19.0),
-    "vgg16:image_size=64": (50.0, 480.0, 16.3),
-    "resnet50:image_size=64": (50.0, 294.0, 8.8),
-    "bert-base:num_layers=2": (30.0, 107.0, 2.3),
-    "vit-b16:num_layers=2": (30.0, 59.0, 5.3),
+    "vgg16": (17.0, 125.0, 10.4),
+    "resnet50": (17.0, 50.0, 5.0),
+    "bert-base": (17.0, 138.0, 6.9),
+    "vit-b16": (17.0, 135.0, 8.2),
+    "vgg16:image_size=64": (7.0, 134.0, 2.8),
+    "resnet50:image_size=64": (7.0, 86.0, 2.7),
+    "bert-base:num_layers=2": (7.0, 65.0, 3.7),
+    "vit-b16:num_layers=2": (7.0, 41.0, 3.0),
 }
 _SMALL_MODEL_COST_S = (20.0, 30.0, 0.05)
 
@@ -492,7 +493,7 @@ def estimate_s(args: argparse.Namespace) -> float:
     """Rough wall time of this run: _COST_S scaled to the runs, sparsities and patterns."""
     total = 0.0
     pattern_share = (2 + 2 * len(args.patterns)) / 10  # dense, dense-compile, then 2 per pattern
-    rounds = args.runs + args.warmup + 1  # + the check's call
+    rounds = args.runs + args.warmup  # the check's call counts in the setup
     for spec in args.models:
         cost = _COST_S.get(spec) or _COST_S.get(parse_model(spec)[0], _SMALL_MODEL_COST_S)
         build, setup, per_round = cost
@@ -831,8 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"bench: {', '.join(args.models)} x sparsity {args.sparsities} x patterns {args.patterns}; "
         f"{args.runs} runs, {args.threads} threads, batch {args.batch}, group size {args.group_size}\n"
         f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}; out: {out}\n"
-        f"estimated wall time: about {estimate / 60:.0f} min (calibrated on a loaded 2-core machine; "
-        "a quiet one should be faster; the progress bar's ETA follows the real pace)",
+        f"estimated wall time: about {estimate / 60:.0f} min (calibrated on a 2-core machine at half "
+        "load; the progress bar's ETA follows the real pace)",
         flush=True,
     )
     started = time.perf_counter()
