@@ -9,6 +9,8 @@ from torch import nn
 import groupsparse as gs
 from tests.sparsify import max_relative_error
 
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
+
 
 def _pruned(model: nn.Module, pattern: str, **pattern_args) -> nn.Module:
     gs.prune(model, pattern=pattern, sparsity=0.75, **pattern_args)
