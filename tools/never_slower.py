@@ -1,0 +1,53 @@
+"""Issue 3's "never slower" check: layers pruned group-wise to low sparsity (0% and 30%),
+compiled with the default decide="time", timed side by side against the dense layer.
+
+    python tools/never_slower.py [--runs 20] [--threads 2]
+
+Prints, per layer and sparsity, the decision compile_sparse made and dense ms / compiled ms
+(the goal: at least 0.97x, i.e. the compiled module is never slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from torch import nn
+
+import groupsparse as gs
+from groupsparse.cli import time_side_by_side
+from groupsparse.layers import gemm_view
+
+LAYERS = {
+    "vgg16 conv 256->256 3x3 56x56": (lambda: nn.Conv2d(256, 256, 3, padding=1), (1, 256, 56, 56)),
+    "conv 512->512 3x3 14x14": (lambda: nn.Conv2d(512, 512, 3, padding=1), (1, 512, 14, 14)),
+    "bert linear 768->3072 x128": (lambda: nn.Linear(768, 3072), (1, 128, 768)),
+    "bert linear 3072->768 x128": (lambda: nn.Linear(3072, 768), (1, 128, 3072)),
+    "bert linear 768->768 x128": (lambda: nn.Linear(768, 768), (1, 128, 768)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--group-size", type=int, default=64)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"{'layer':32s} sparsity  decision  dense/compiled")
+    for name, (build, shape) in LAYERS.items():
+        for sparsity in (0.0, 0.3):
+            layer = build().eval()
+            pattern = gs.GroupWise(group_size=args.group_size)
+            matrix = gemm_view(layer.weight.data)
+            matrix.mul_(pattern.mask(matrix.abs(), sparsity))
+            x = torch.randn(shape)
+            fast = gs.compile_sparse(layer, x)
+            decision = fast.report.rows[0].decision
+            times = time_side_by_side({"dense": lambda: layer(x), "compiled": lambda: fast(x)}, args.runs)
+            print(f"{name:32s} {sparsity:8.1f}  {decision:8s}  {times['dense'] / times['compiled']:.3f}x")
+
+
+if __name__ == "__main__":
+    main()
