@@ -19,10 +19,12 @@ def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule
     from torch.export import Dim
 
     # export specializes sizes of 0 and 1, so a batch of one would fix the batch size:
-    # trace with the batch doubled, and mark every size dynamic
+    # trace with the batch doubled, and mark every size dynamic. Trace contiguous inputs: a
+    # channels_last example adds guards on its strides that tie the batch size to the image
+    # size (so a later batch of 0 failed "x.size()[0] >= x.size()[2] // 3").
     example_inputs = tuple(
-        torch.cat([value, value])
-        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == 1
+        (torch.cat([value, value]) if value.dim() and value.shape[0] == 1 else value).contiguous()
+        if isinstance(value, torch.Tensor)
         else value
         for value in example_inputs
     )

@@ -43,7 +43,8 @@ Decisions, tested below:
   NaN in a *pruned* position (given by ``masks=``) is pruned away like any other value.
   NaN in the *inputs* propagates through the kept weights only: a pruned weight is not
   multiplied at all, where the dense model computes ``0 * nan = nan``.
-- A zero-size batch gives an empty output of the right shape, as the eager model does.
+- A zero-size batch gives an empty output of the right shape, as the eager model does (also
+  as the example input, and after capture by torch.export).
 - The compiled module is a snapshot: changing the model's weights after compiling does not
   change what the compiled module computes (compile again to pick them up).
 - Allowed instead of cases 26/27: ``compiled.double()`` runs float64 inputs, and
@@ -494,6 +495,22 @@ def test_zero_size_batch_as_the_example_input():
     model = _sparse_model()
     fast = gs.compile_sparse(model, _x(0), decide="always")
     x = _x(3)
+    assert max_relative_error(fast(x), model(x)) < RTOL
+
+
+def test_zero_size_batch_after_export_from_a_channels_last_example():
+    """torch.export once tied the batch size to the image size through the example's strides
+    (a guard ``x.size()[0] >= x.size()[2] // 3`` refused a batch of 0)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 14, 2, stride=(3, 1), dilation=2), nn.BatchNorm2d(14), nn.Conv2d(14, 8, 1)
+    ).eval()
+    group_sparsify(model, 0.5, 2)
+    example = torch.randn(1, 2, 5, 10).to(memory_format=torch.channels_last)
+    fast = gs.compile_sparse(model, example, decide="always", capture_with="export")
+    assert fast.report.capture == "export" and fast.report.rewritten == ["0", "2"]
+    assert fast(torch.randn(0, 2, 5, 10)).shape == (0, 8, 1, 8)
+    x = torch.randn(4, 2, 5, 10).to(memory_format=torch.channels_last)
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
