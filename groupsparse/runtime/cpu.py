@@ -219,6 +219,21 @@ def _epilogue(out: torch.Tensor, relu: bool) -> torch.Tensor:
     return out.relu_() if relu else out
 
 
+def _store(
+    source: torch.Tensor, target: torch.Tensor, bias: torch.Tensor | None, relu: bool
+) -> None:
+    """target = relu?(source + bias?): one pass, into a strided view of the output."""
+    if bias is not None:
+        if relu:
+            torch.ops.aten._add_relu.out(source, bias, out=target)
+        else:
+            torch.add(source, bias, out=target)
+    elif relu:
+        torch.clamp(source, min=0, out=target)
+    else:
+        target.copy_(source)
+
+
 def grouped_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -234,9 +249,13 @@ def grouped_conv2d(
     ``(B, groups*G, OH, OW)``.
 
     Tiled over bands of output pixels: each band's kept columns (all groups) are gathered into
-    a buffer of about ``tile_bytes``, then one batched GEMM writes every group's rows of that
-    band straight into the output. ``wide`` forces the wide (True) or narrow (False) grid
-    (see ``_ConvGrid``); by default it is picked from the shape.
+    a buffer of about ``tile_bytes``, then one batched GEMM computes every group's rows of that
+    band. A tile that is one whole image is written by the GEMM straight into the output;
+    other tiles go through a small contiguous buffer (torch runs a batched GEMM as one MKL
+    call only into a contiguous result; into a strided one it loops over the groups, each
+    GEMM threaded on its own) and reach the output in the same pass that adds the bias and
+    applies the ReLU. ``wide`` forces the wide (True) or narrow (False) grid (see
+    ``_ConvGrid``); by default it is picked from the shape.
 
     >>> x = torch.randn(1, 8, 10, 10)
     >>> columns = torch.stack([torch.randperm(72)[:18].sort().values for _ in range(2)])
@@ -246,65 +265,64 @@ def grouped_conv2d(
     """
     groups, group_rows, kept = weight.shape
     grid = _ConvGrid(x.shape, geometry, wide)
-    batch, pixels = grid.batch, grid.pixels
+    batch, pixels, out_h, out_w = grid.batch, grid.pixels, grid.out_h, grid.out_w
+    channels = groups * group_rows
     flat = _padded_flat(x, geometry)
     offsets = _cached_column_offsets(columns, geometry, grid.padded_h, grid.padded_w)
     images, rows = _band_size(grid, groups * kept, tile_bytes, x.element_size())
-    if images == 1:
-        # per image: (groups, G, pixels) blocks of the NCHW output, written in place
+    # whole images, one per tile: the GEMM writes (groups, G, pixels) of the output in place
+    in_place = images == 1 and rows == out_h
+    junk = grid.wide and grid.padded_w != out_w
+    if in_place:
         out = x.new_empty(batch, groups, group_rows, pixels)
-        view_strides = (groups * group_rows * pixels, group_rows * pixels, pixels)
+        result = out if not junk else x.new_empty(batch, channels, out_h, out_w)
     else:
-        # several images per GEMM: (groups, G, images * pixels), transposed by the epilogue
-        out = x.new_empty(groups, group_rows, batch * pixels)
-        view_strides = (pixels, group_rows * batch * pixels, batch * pixels)
+        result = x.new_empty(batch, channels, out_h, out_w)
+    result5 = result.view(batch, groups, group_rows, out_h, out_w)
+    bias5 = None if bias is None else bias.view(1, groups, group_rows, 1, 1)
     band_views: dict[tuple[int, bool], torch.Tensor] = {}
     for image in range(0, batch, images):
         count = min(images, batch - image)
-        for row in range(0, grid.out_h, rows):
-            band = min(rows, grid.out_h - row)
-            last = row + band == grid.out_h
+        for row in range(0, out_h, rows):
+            band = min(rows, out_h - row)
+            last = row + band == out_h
             windows = band_views.get((band, last))
             if windows is None:
                 windows = band_views[(band, last)] = grid.windows(flat, band, last)
             base = image * grid.image + row * grid.sh * grid.padded_w
             if count == 1:
                 index = offsets + base if base else offsets
-                start, length = grid.band_pixels(row, band)
-                if images == 1:
-                    target = out.select(0, image).narrow(2, start, length)
-                else:
-                    target = out.narrow(2, image * pixels, length)
+                length = grid.band_pixels(row, band)[1]
             else:
                 starts = base + torch.arange(count, device=x.device) * grid.image
                 index = (offsets[:, None] + starts).view(-1)
                 length = count * pixels
-                target = out.narrow(2, image * pixels, length)
             gathered = windows.index_select(0, index).view(groups, kept, length)
-            torch.bmm(weight, gathered, out=target)
-    view = out.as_strided(
-        (batch, groups, group_rows, grid.out_h, grid.out_w), (*view_strides, grid.row_pitch, 1)
-    )
-    channels = groups * group_rows
-    if view.is_contiguous():
-        result = out.view(batch, channels, grid.out_h, grid.out_w)
-        if bias is None:
-            return _epilogue(result, relu)
-        if relu:
-            return torch.ops.aten._add_relu_(result, bias.view(-1, 1, 1))
-        return result.add_(bias.view(-1, 1, 1))
-    # junk columns to drop or images to bring to the front: one pass, with bias and ReLU
-    result = x.new_empty(batch, channels, grid.out_h, grid.out_w)
-    target = result.view(view.shape)
+            if in_place:
+                torch.bmm(weight, gathered, out=out[image])
+                continue
+            tile = torch.bmm(weight, gathered)  # (groups, G, count * band pixels)
+            source = tile.as_strided(
+                (count, groups, group_rows, band, out_w),
+                (length // count, group_rows * length, length, grid.row_pitch, 1),
+            )
+            target = result5.narrow(0, image, count).narrow(3, row, band)
+            _store(source, target, bias5, relu)
+    if not in_place:
+        return result
+    if junk:
+        source = out.as_strided(
+            (batch, groups, group_rows, out_h, out_w),
+            (channels * pixels, group_rows * pixels, pixels, grid.padded_w, 1),
+        )
+        _store(source, result5, bias5, relu)
+        return result
+    result = out.view(batch, channels, out_h, out_w)
     if bias is None:
-        target.copy_(view)
         return _epilogue(result, relu)
-    bias5 = bias.view(1, groups, group_rows, 1, 1)
     if relu:
-        torch.ops.aten._add_relu.out(view, bias5, out=target)
-    else:
-        torch.add(view, bias5, out=target)
-    return result
+        return torch.ops.aten._add_relu_(result, bias.view(-1, 1, 1))
+    return result.add_(bias.view(-1, 1, 1))
 
 
 def grouped_linear(
@@ -320,8 +338,10 @@ def grouped_linear(
     """Group-sparse linear: ``(..., K)`` -> contiguous ``(..., groups*G)``.
 
     Tiled over tokens so that a tile's gathered columns take about ``tile_bytes`` (but at least
-    _MIN_TILE_PIXELS tokens per tile, for the GEMM's sake). Each group's
-    ``(tokens, G)`` product is written straight into its columns of the output. ``gather``:
+    _MIN_TILE_PIXELS tokens per tile, for the GEMM's sake). One batched GEMM per tile computes
+    every group's ``(tokens, G)`` block into a contiguous buffer (so that torch runs it as one
+    MKL batched call), and one pass moves it into the output's columns with the bias and
+    ReLU. ``gather``:
 
     - ``"columns"``: ``x.index_select(1, ...)``, one serial pass over the kept columns;
     - ``"rows"``: transpose x, then copy whole rows of x^T (a parallel memcpy per kept
@@ -344,7 +364,8 @@ def grouped_linear(
         gather = "rows" if parallel and groups * kept >= 2 * features else "columns"
     if gather not in ("rows", "columns"):
         raise ValueError(f"gather must be 'auto', 'rows' or 'columns'; got {gather!r}")
-    out = x.new_empty(count, groups, group_rows)
+    out = x.new_empty(count, groups * group_rows)
+    bias3 = None if bias is None else bias.view(groups, group_rows)
     weight_t = weight.transpose(1, 2)
     step = max(_MIN_TILE_PIXELS, tile_bytes // max(groups * kept * x.element_size(), 1))
     for first in range(0, count, step):
@@ -355,16 +376,9 @@ def grouped_linear(
             gathered = gathered.view(groups, kept, size).transpose(1, 2)
         else:
             gathered = part.index_select(1, flat_columns).view(size, groups, kept).transpose(0, 1)
+        tile = torch.bmm(gathered, weight_t)  # (groups, tokens, G)
         target = out[first : first + step] if step < count else out
-        torch.bmm(gathered, weight_t, out=target.transpose(0, 1))
-    out = out.view(count, groups * group_rows)
-    if bias is not None:
-        if relu:
-            torch.ops.aten._add_relu_(out, bias)
-        else:
-            out.add_(bias)
-    elif relu:
-        out.relu_()
+        _store(tile.transpose(0, 1), target.view(size, groups, group_rows), bias3, relu)
     return out.view(*x.shape[:-1], groups * group_rows)
 
 
