@@ -16,6 +16,7 @@ class CaptureError(RuntimeError):
 
 
 def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule:
+    import torch.fx.experimental._config as symbolic_config
     from torch.export import Dim
 
     # export specializes sizes of 0 and 1, so a batch of one would fix the batch size:
@@ -33,7 +34,10 @@ def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule
         for value in example_inputs
     )
     try:
-        program = torch.export.export(model, example_inputs, dynamic_shapes=dims, strict=False)
+        # size-oblivious: no guards that a dynamic size is not 0 or 1 (a batch of one and
+        # an empty batch were refused, and a batch-1 example failed its own guards)
+        with symbolic_config.patch(backed_size_oblivious=True):
+            program = torch.export.export(model, example_inputs, dynamic_shapes=dims, strict=False)
     except Exception:  # some models only export with static sizes
         program = torch.export.export(model, example_inputs, strict=False)
     return program.module()

@@ -42,7 +42,19 @@ class SparseModule(nn.Module):
         self.steps = steps  # (pass name, graph code after it), for inspection
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.graph_module(*args, **kwargs)
+        try:
+            return self.graph_module(*args, **kwargs)
+        except AssertionError as error:
+            if self.report.capture != "export" or not str(error).startswith("Guard failed"):
+                raise
+            shapes = [tuple(value.shape) for value in args if isinstance(value, torch.Tensor)]
+            raise ValueError(
+                f"inputs of shape {shapes} are outside what this module's torch.export capture "
+                f"accepts ({str(error).splitlines()[0]}): export fixes some sizes while it "
+                "traces (an empty batch through batch-norm, for one). Compile with an example "
+                "of this size, or with capture_with='symbolic_trace' if torch.fx can trace "
+                "the model"
+            ) from error
 
     @property
     def graph(self) -> fx.Graph:

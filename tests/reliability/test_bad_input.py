@@ -44,7 +44,9 @@ Decisions, tested below:
   NaN in the *inputs* propagates through the kept weights only: a pruned weight is not
   multiplied at all, where the dense model computes ``0 * nan = nan``.
 - A zero-size batch gives an empty output of the right shape, as the eager model does (also
-  as the example input, and after capture by torch.export).
+  as the example input). After capture by torch.export (models torch.fx cannot trace), an
+  empty batch through batch-norm is refused with a clear ValueError: exported batch-norm
+  checks for a non-empty input.
 - The compiled module is a snapshot: changing the model's weights after compiling does not
   change what the compiled module computes (compile again to pick them up).
 - Allowed instead of cases 26/27: ``compiled.double()`` runs float64 inputs, and
@@ -498,19 +500,41 @@ def test_zero_size_batch_as_the_example_input():
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
-def test_zero_size_batch_after_export_from_a_channels_last_example():
-    """torch.export once tied the batch size to the image size through the example's strides
-    (a guard ``x.size()[0] >= x.size()[2] // 3`` refused a batch of 0)."""
+def test_export_capture_takes_batches_of_one_and_zero():
+    """torch.export guards sizes 0 and 1: a batch-1 example once failed its own guards (a
+    tensor of N * W' elements must have at least 2), and an exported module refused batches
+    of 0 or 1; with a channels_last example, its strides tied the batch to the image size."""
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(2, 14, 2, stride=(3, 1), dilation=2), nn.BatchNorm2d(14), nn.Conv2d(14, 8, 1)
+        nn.Conv2d(2, 4, 1), nn.Conv2d(4, 2, (1, 4), stride=(1, 2)), nn.Flatten(), nn.Linear(4, 3)
     ).eval()
     group_sparsify(model, 0.5, 2)
-    example = torch.randn(1, 2, 5, 10).to(memory_format=torch.channels_last)
+    example = torch.randn(1, 2, 1, 6).to(memory_format=torch.channels_last)
     fast = gs.compile_sparse(model, example, decide="always", capture_with="export")
-    assert fast.report.capture == "export" and fast.report.rewritten == ["0", "2"]
-    assert fast(torch.randn(0, 2, 5, 10)).shape == (0, 8, 1, 8)
-    x = torch.randn(4, 2, 5, 10).to(memory_format=torch.channels_last)
+    assert fast.report.capture == "export" and fast.report.rewritten == ["0", "1", "3"]
+    assert fast(torch.randn(0, 2, 1, 6)).shape == (0, 3)
+    for batch in (1, 5):
+        x = torch.randn(batch, 2, 1, 6).to(memory_format=torch.channels_last)
+        assert max_relative_error(fast(x), model(x)) < RTOL
+
+
+def test_export_capture_refuses_an_empty_batch_through_batch_norm_clearly():
+    """Exported batch-norm checks that its input is not empty: a clear error, not a wrong one."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 14, 2, stride=(3, 1)), nn.BatchNorm2d(14)).eval()
+    group_sparsify(model, 0.5, 2)
+    fast = gs.compile_sparse(
+        model, torch.randn(1, 2, 5, 10), decide="always", capture_with="export"
+    )
+    before = _snapshot(fast)
+    with pytest.raises(
+        ValueError,
+        match=r"inputs of shape \[\(0, 2, 5, 10\)\] are outside what this module's torch.export capture accepts \(Guard failed: .*capture_with='symbolic_trace'",
+    ):
+        fast(torch.randn(0, 2, 5, 10))
+    _assert_same(fast, before)
+    assert model(torch.randn(0, 2, 5, 10)).shape == (0, 14, 2, 9)  # eager takes it
+    x = torch.randn(3, 2, 5, 10)
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
