@@ -269,7 +269,13 @@ def grouped_conv2d(
     channels = groups * group_rows
     flat = _padded_flat(x, geometry)
     offsets = _cached_column_offsets(columns, geometry, grid.padded_h, grid.padded_w)
-    images, rows = _band_size(grid, groups * kept, tile_bytes, x.element_size())
+    item = x.element_size()
+    images, rows = _band_size(grid, groups * kept, tile_bytes, item)
+    # a band can be no thinner than _MIN_TILE_PIXELS: when one is still far above tile_bytes
+    # (small images, many kept columns), the tile also splits the groups
+    band_pixels = images * pixels if rows == out_h else min(rows * grid.row_pitch, pixels)
+    chunks = min(groups, max(1, round(groups * kept * band_pixels * item / max(tile_bytes, 1))))
+    chunk = -(-groups // chunks)
     # whole images, one per tile: the GEMM writes (groups, G, pixels) of the output in place
     in_place = images == 1 and rows == out_h
     junk = grid.wide and grid.padded_w != out_w
@@ -290,24 +296,28 @@ def grouped_conv2d(
             if windows is None:
                 windows = band_views[(band, last)] = grid.windows(flat, band, last)
             base = image * grid.image + row * grid.sh * grid.padded_w
-            if count == 1:
-                index = offsets + base if base else offsets
-                length = grid.band_pixels(row, band)[1]
-            else:
-                starts = base + torch.arange(count, device=x.device) * grid.image
-                index = (offsets[:, None] + starts).view(-1)
-                length = count * pixels
-            gathered = windows.index_select(0, index).view(groups, kept, length)
-            if in_place:
-                torch.bmm(weight, gathered, out=out[image])
-                continue
-            tile = torch.bmm(weight, gathered)  # (groups, G, count * band pixels)
-            source = tile.as_strided(
-                (count, groups, group_rows, band, out_w),
-                (length // count, group_rows * length, length, grid.row_pitch, 1),
-            )
-            target = result5.narrow(0, image, count).narrow(3, row, band)
-            _store(source, target, bias5, relu)
+            length = grid.band_pixels(row, band)[1] if count == 1 else count * pixels
+            for first in range(0, groups, chunk):
+                size = min(chunk, groups - first)
+                part = offsets if size == groups else offsets[first * kept : (first + size) * kept]
+                if count == 1:
+                    index = part + base if base else part
+                else:
+                    starts = base + torch.arange(count, device=x.device) * grid.image
+                    index = (part[:, None] + starts).view(-1)
+                gathered = windows.index_select(0, index).view(size, kept, length)
+                part_weight = weight if size == groups else weight[first : first + size]
+                if in_place:
+                    torch.bmm(part_weight, gathered, out=out[image, first : first + size])
+                    continue
+                tile = torch.bmm(part_weight, gathered)  # (size, G, count * band pixels)
+                source = tile.as_strided(
+                    (count, size, group_rows, band, out_w),
+                    (length // count, group_rows * length, length, grid.row_pitch, 1),
+                )
+                target = result5[image : image + count, first : first + size, :, row : row + band]
+                part_bias = None if bias5 is None else bias5[:, first : first + size]
+                _store(source, target, part_bias, relu)
     if not in_place:
         return result
     if junk:
