@@ -376,21 +376,32 @@ def grouped_linear(
         gather = "rows" if groups * kept >= ratio * features else "columns"
     if gather not in ("rows", "columns"):
         raise ValueError(f"gather must be 'auto', 'rows' or 'columns'; got {gather!r}")
-    out = x.new_empty(count, groups * group_rows)
+    out = x.new_empty(count, groups, group_rows)
     bias3 = None if bias is None else bias.view(groups, group_rows)
     weight_t = weight.transpose(1, 2)
-    step = max(_MIN_TILE_PIXELS, tile_bytes // max(groups * kept * x.element_size(), 1))
+    item = x.element_size()
+    step = max(_MIN_TILE_PIXELS, tile_bytes // max(groups * kept * item, 1))
+    # too many kept columns for even _MIN_TILE_PIXELS tokens: the tile also splits the groups
+    chunks = min(
+        groups, max(1, round(groups * kept * min(step, count) * item / max(tile_bytes, 1)))
+    )
+    chunk = -(-groups // chunks)
     for first in range(0, count, step):
         part = tokens[first : first + step] if step < count else tokens
         size = part.shape[0]
-        if gather == "rows":
-            gathered = part.t().contiguous().index_select(0, flat_columns)
-            gathered = gathered.view(groups, kept, size).transpose(1, 2)
-        else:
-            gathered = part.index_select(1, flat_columns).view(size, groups, kept).transpose(0, 1)
-        tile = torch.bmm(gathered, weight_t)  # (groups, tokens, G)
-        target = out[first : first + step] if step < count else out
-        _store(tile.transpose(0, 1), target.view(size, groups, group_rows), bias3, relu)
+        source = part.t().contiguous() if gather == "rows" else part
+        for group in range(0, groups, chunk):
+            width = min(chunk, groups - group)
+            whole = width == groups
+            wanted = flat_columns if whole else flat_columns[group * kept : (group + width) * kept]
+            if gather == "rows":
+                gathered = source.index_select(0, wanted).view(width, kept, size).transpose(1, 2)
+            else:
+                gathered = source.index_select(1, wanted).view(size, width, kept).transpose(0, 1)
+            tile = torch.bmm(gathered, weight_t if whole else weight_t[group : group + width])
+            target = out[first : first + size, group : group + width]
+            part_bias = bias3 if bias3 is None or whole else bias3[group : group + width]
+            _store(tile.transpose(0, 1), target, part_bias, relu)
     return out.view(*x.shape[:-1], groups * group_rows)
 
 
