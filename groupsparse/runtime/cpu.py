@@ -399,7 +399,9 @@ def grouped_linear(
             else:
                 gathered = source.index_select(1, wanted).view(size, width, kept).transpose(0, 1)
             tile = torch.bmm(gathered, weight_t if whole else weight_t[group : group + width])
-            target = out[first : first + size, group : group + width]
+            target = (
+                out if whole and size == count else out[first : first + size, group : group + width]
+            )
             part_bias = bias3 if bias3 is None or whole else bias3[group : group + width]
             _store(tile.transpose(0, 1), target, part_bias, relu)
     return out.view(*x.shape[:-1], groups * group_rows)
