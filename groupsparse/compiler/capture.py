@@ -23,7 +23,7 @@ def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule
     # trace with the batch doubled, and mark every size dynamic. Trace contiguous inputs: a
     # channels_last example adds guards on its strides that tie the batch size to the image
     # size (so a later batch of 0 failed "x.size()[0] >= x.size()[2] // 3").
-    example_inputs = tuple(
+    traced_inputs = tuple(
         (torch.cat([value, value]) if value.dim() and value.shape[0] == 1 else value).contiguous()
         if isinstance(value, torch.Tensor)
         else value
@@ -31,16 +31,20 @@ def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule
     )
     dims = tuple(
         {axis: Dim.AUTO for axis in range(value.dim())} if isinstance(value, torch.Tensor) else None
-        for value in example_inputs
+        for value in traced_inputs
     )
     try:
         # size-oblivious: no guards that a dynamic size is not 0 or 1 (a batch of one and
         # an empty batch were refused, and a batch-1 example failed its own guards)
         with symbolic_config.patch(backed_size_oblivious=True):
-            program = torch.export.export(model, example_inputs, dynamic_shapes=dims, strict=False)
-    except Exception:  # some models only export with static sizes
-        program = torch.export.export(model, example_inputs, strict=False)
-    return program.module()
+            module = torch.export.export(
+                model, traced_inputs, dynamic_shapes=dims, strict=False
+            ).module()
+        with torch.no_grad():
+            module(*example_inputs)  # some guards still refuse the example itself (N > 1)
+        return module
+    except Exception:  # some models only export with static sizes: the example's own
+        return torch.export.export(model, example_inputs, strict=False).module()
 
 
 def _without_string_annotations(gm: fx.GraphModule) -> fx.GraphModule:

@@ -46,7 +46,8 @@ Decisions, tested below:
 - A zero-size batch gives an empty output of the right shape, as the eager model does (also
   as the example input). After capture by torch.export (models torch.fx cannot trace), an
   empty batch through batch-norm is refused with a clear ValueError: exported batch-norm
-  checks for a non-empty input.
+  checks for a non-empty input; where export's guards refuse the example itself, the module
+  is exported for the example's sizes, and other sizes get the same clear error.
 - The compiled module is a snapshot: changing the model's weights after compiling does not
   change what the compiled module computes (compile again to pick them up).
 - Allowed instead of cases 26/27: ``compiled.double()`` runs float64 inputs, and
@@ -516,6 +517,22 @@ def test_export_capture_takes_batches_of_one_and_zero():
     for batch in (1, 5):
         x = torch.randn(batch, 2, 1, 6).to(memory_format=torch.channels_last)
         assert max_relative_error(fast(x), model(x)) < RTOL
+
+
+def test_export_capture_falls_back_to_the_example_sizes_when_its_guards_refuse_it():
+    """A channels_last single-channel example left a guard ``x.size()[0] > 1`` that refused
+    the (batch-1) example itself, and compile_sparse failed; now it exports for the example's
+    sizes, and other sizes get the clear error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 1, padding="same"), nn.Conv2d(4, 4, 1, padding="same"))
+    model.eval()
+    group_sparsify(model, 0.5, 2)
+    example = torch.randn(1, 1, 3, 3).to(memory_format=torch.channels_last)
+    fast = gs.compile_sparse(model, example, decide="always", capture_with="export")
+    assert fast.report.rewritten == ["1"]  # layer 0 has one column: nothing to prune
+    assert max_relative_error(fast(example), model(example)) < RTOL
+    with pytest.raises(ValueError, match="outside what this module's torch.export capture"):
+        fast(torch.randn(3, 1, 3, 3))
 
 
 def test_export_capture_refuses_an_empty_batch_through_batch_norm_clearly():
