@@ -116,78 +116,58 @@ def _linear_shape(
     return (*x.shape[:-1], out_features)
 
 
-@torch.library.custom_op("groupsparse::conv2d", mutates_args=())
-def conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    geometry: list[int],
-    relu: bool,
-    out_channels: int,
-    in_channels: int,
-    row_index: torch.Tensor | None = None,
-) -> torch.Tensor:
-    shape = _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d")
-    if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
-        return x.new_empty(shape)
-    out = _backend(x.device).grouped_conv2d(x, weight, columns, bias, tuple(geometry), relu)
-    return _place(out, out_channels, 1, row_index)
+def _conv_op(name: str, kernel: str):
+    """Registers ``groupsparse::<name>``: a conv2d that runs the device backend's ``kernel``."""
+
+    def op(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        columns: torch.Tensor,
+        bias: torch.Tensor | None,
+        geometry: list[int],
+        relu: bool,
+        out_channels: int,
+        in_channels: int,
+        row_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        shape = _conv_shape(x, weight, geometry, out_channels, in_channels, name)
+        if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
+            return x.new_empty(shape)
+        run = getattr(_backend(x.device), kernel)
+        out = run(x, weight, columns, bias, tuple(geometry), relu)
+        return _place(out, out_channels, 1, row_index)
+
+    op.__name__ = op.__qualname__ = name
+    return torch.library.custom_op(f"groupsparse::{name}", op, mutates_args=())
 
 
-@torch.library.custom_op("groupsparse::conv2d_loop", mutates_args=())
-def conv2d_loop(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    geometry: list[int],
-    relu: bool,
-    out_channels: int,
-    in_channels: int,
-    row_index: torch.Tensor | None = None,
-) -> torch.Tensor:
-    shape = _conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d_loop")
-    if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
-        return x.new_empty(shape)
-    out = _backend(x.device).loop_conv2d(x, weight, columns, bias, tuple(geometry), relu)
-    return _place(out, out_channels, 1, row_index)
+def _linear_op(name: str, kernel: str):
+    """Registers ``groupsparse::<name>``: a linear that runs the device backend's ``kernel``."""
+
+    def op(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        columns: torch.Tensor,
+        bias: torch.Tensor | None,
+        relu: bool,
+        out_features: int,
+        in_features: int,
+        row_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        shape = _linear_shape(x, weight, out_features, in_features, name)
+        if 0 in shape:
+            return x.new_empty(shape)
+        run = getattr(_backend(x.device), kernel)
+        return _place(run(x, weight, columns, bias, relu), out_features, -1, row_index)
+
+    op.__name__ = op.__qualname__ = name
+    return torch.library.custom_op(f"groupsparse::{name}", op, mutates_args=())
 
 
-@torch.library.custom_op("groupsparse::linear", mutates_args=())
-def linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    relu: bool,
-    out_features: int,
-    in_features: int,
-    row_index: torch.Tensor | None = None,
-) -> torch.Tensor:
-    shape = _linear_shape(x, weight, out_features, in_features, "linear")
-    if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
-        return x.new_empty(shape)
-    out = _backend(x.device).grouped_linear(x, weight, columns, bias, relu)
-    return _place(out, out_features, -1, row_index)
-
-
-@torch.library.custom_op("groupsparse::linear_loop", mutates_args=())
-def linear_loop(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    relu: bool,
-    out_features: int,
-    in_features: int,
-    row_index: torch.Tensor | None = None,
-) -> torch.Tensor:
-    shape = _linear_shape(x, weight, out_features, in_features, "linear_loop")
-    if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
-        return x.new_empty(shape)
-    out = _backend(x.device).loop_linear(x, weight, columns, bias, relu)
-    return _place(out, out_features, -1, row_index)
+conv2d = _conv_op("conv2d", "grouped_conv2d")
+conv2d_loop = _conv_op("conv2d_loop", "loop_conv2d")
+linear = _linear_op("linear", "grouped_linear")
+linear_loop = _linear_op("linear_loop", "loop_linear")
 
 
 # The fake kernels check what the real ones check, so a meta-device input given to a module
