@@ -13,6 +13,7 @@ from ..passes import (
     cleanup,
     find_prunable,
     fold_batchnorm,
+    fold_permutation,
     fuse_relu,
     plan,
     propagate_inputs,
@@ -31,6 +32,7 @@ PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...
     ("rewrite_conv", rewrite_conv),  # conv2d -> groupsparse.conv2d
     ("rewrite_linear", rewrite_linear),  # linear -> groupsparse.linear
     ("fuse_relu", fuse_relu),  # a following ReLU runs in the kernel's epilogue
+    ("fold_permutation", fold_permutation),  # permuted rows stay permuted for the next layer
     ("cleanup", cleanup),  # the replaced weights and modules are dropped
 )
 

@@ -7,6 +7,7 @@ from .cleanup import cleanup
 from .common import CompileContext, CompileOptions, PrunableLayer, Refusal
 from .find_prunable import find_prunable
 from .fold_batchnorm import fold_batchnorm
+from .fold_permutation import fold_permutation
 from .fuse_relu import fuse_relu
 from .plan import LayerPlan, plan
 from .propagate_inputs import propagate_inputs
@@ -24,6 +25,7 @@ __all__ = [
     "cleanup",
     "find_prunable",
     "fold_batchnorm",
+    "fold_permutation",
     "fuse_relu",
     "plan",
     "propagate_inputs",

@@ -54,3 +54,100 @@ def test_inspection_rebuilds_permuted_masks():
     inspection = gs.inspect(fast)
     layer = next(layer for layer in inspection.layers if layer.row.name == "5")
     assert torch.equal(layer.mask, model[5].weight != 0)
+
+
+def _ops_with_rows(fast) -> dict[str, bool]:
+    """{layer: whether its op still puts rows back in order at run time}."""
+    positions = {"conv2d": 8, "conv2d_loop": 8, "linear": 7, "linear_loop": 7}
+    found = {}
+    for node in fast.graph.nodes:
+        name = getattr(node.target, "_opname", None)
+        if node.op == "call_function" and name in positions:
+            plan = node.meta["groupsparse.plan"]
+            found[plan.name] = (
+                len(node.args) > positions[name] and node.args[positions[name]] is not None
+            )
+    return found
+
+
+def _permute_prune(model: nn.Module, layers, group_size: int = 8, sparsity: float = 0.75) -> None:
+    pattern = gs.GroupWise(group_size=group_size, permute=True)
+    with torch.no_grad():
+        for module in layers:
+            matrix = gs.gemm_view(module.weight.data)
+            matrix.mul_(pattern.mask(matrix.abs(), sparsity))
+
+
+def test_permutation_folds_into_the_next_conv():
+    model = _permuted_model()
+    fast = gs.compile_sparse(model, torch.randn(1, 6, 5, 5), decide="always")
+    # conv 0 (24 rows, 3 whole groups) feeds conv 3 through its BN and ReLU: folded;
+    # conv 3 (20 rows: a padded last group) feeds a Flatten: put back in order at run time
+    assert _ops_with_rows(fast) == {"0": False, "3": True, "5": True}
+    reasons = {row.name: row.reason for row in fast.report}
+    assert "channel permutation folded into 3" in reasons["0"]
+    assert "put back in order at run time" in reasons["3"]
+    x = torch.randn(2, 6, 5, 5)
+    assert max_relative_error(fast(x), model(x)) < 1e-4
+
+
+def test_permutation_folds_through_pooling_and_gelu():
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(4, 16, 3, padding=1), nn.GELU(), nn.MaxPool2d(2), nn.Dropout(0.1),
+        nn.Conv2d(16, 16, 3, padding=1), nn.AdaptiveAvgPool2d(1),
+    ).eval()  # fmt: skip
+    _permute_prune(model, (model[0], model[4]))
+    fast = gs.compile_sparse(model, torch.randn(1, 4, 8, 8), decide="always")
+    assert _ops_with_rows(fast) == {"0": False, "4": True}
+    assert "folded into 4" in next(row.reason for row in fast.report if row.name == "0")
+    x = torch.randn(3, 4, 8, 8)
+    assert max_relative_error(fast(x), model(x)) < 1e-4
+
+
+class _Mlp(nn.Module):
+    """A transformer MLP with a residual: fc1 -> GELU -> fc2 folds, fc2 -> add does not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(16, 32), nn.GELU(), nn.Linear(32, 16)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(x)))
+
+
+def test_permutation_folds_between_linears_on_3d_inputs():
+    torch.manual_seed(2)
+    model = _Mlp().eval()
+    _permute_prune(model, (model.fc1, model.fc2))
+    fast = gs.compile_sparse(model, torch.randn(2, 5, 16), decide="always")
+    assert _ops_with_rows(fast) == {"fc1": False, "fc2": True}
+    assert "folded into fc2" in next(row.reason for row in fast.report if row.name == "fc1")
+    for shape in ((2, 5, 16), (1, 7, 16), (3, 16)):
+        x = torch.randn(*shape)
+        assert max_relative_error(fast(x), model(x)) < 1e-4
+    # the compiled module still saves and loads (the folded buffers are ordinary buffers)
+    again = gs.compile_sparse(model, torch.randn(2, 5, 16), decide="always")
+    again.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 5, 16)
+    assert torch.equal(again(x), fast(x))
+
+
+def test_permutation_with_two_readers_is_not_folded():
+    torch.manual_seed(3)
+
+    class Branches(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 16), nn.Linear(16, 16), nn.Linear(16, 16)
+
+        def forward(self, x):
+            h = torch.relu(self.a(x))
+            return self.b(h) + self.c(h)
+
+    model = Branches().eval()
+    _permute_prune(model, (model.a, model.b, model.c))
+    fast = gs.compile_sparse(model, torch.randn(4, 8), decide="always")
+    assert _ops_with_rows(fast)["a"] is True
+    x = torch.randn(6, 8)
+    assert max_relative_error(fast(x), model(x)) < 1e-4
