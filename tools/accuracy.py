@@ -11,7 +11,7 @@ seed is the start of every pruning run of that seed. The first and the last conv
 stay dense (``exclude="first_last"``); every other one is pruned to the same sparsity.
 
 For each pattern (element; vector 2:4 and 4:8; block 4x4; group G = 8, 16, 32, and G = 8, 16
-with the row permutation - G = 32 covers most layers of these models whole; filter), each
+with the row permutation - the study's time budget leaves out G = 32 with it; filter), each
 sparsity (0.5, 0.75, 0.9; N:M patterns at their own) and each criterion (magnitude, taylor),
 two schedules:
 
@@ -22,6 +22,11 @@ two schedules:
                90%, STAGE_EPOCHS epochs per stage, and the model is tested at each stage's end.
                N:M patterns fix their sparsity, so they are pruned once and fine-tuned one
                stage with the Pruner attached ("oneshot+finetune")
+
+Fine-tuning (gradual and N:M) distils from the seed's dense model: the loss is the mean of
+the cross-entropy and the KL divergence to the dense model's softened outputs
+(``--no-distill``: cross-entropy alone). ``--jobs`` (default 2) runs the (model, seed) jobs in
+parallel processes of ``--threads`` (default 1) threads each.
 
 Every gradual group-wise model is compiled with ``gs.compile_sparse(decide="always")`` and
 its predictions on the test set compared with the masked model's (a compile error is
@@ -42,12 +47,14 @@ import copy
 import datetime
 import json
 import math
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,9 +82,11 @@ EXCLUDE = "first_last"
 # (STAGE_UPDATES mask updates), then recovering at it; the model is tested at each stage's end.
 # The 90% model has so been fine-tuned for three stages, the 50% model for one, at the cost of
 # a single 90% run.
-STAGE_EPOCHS = 2
+STAGE_EPOCHS = 4
 STAGE_PRUNE_SHARE = 0.4
 STAGE_UPDATES = 10
+# Fine-tuning distils from the seed's dense model (see train; --no-distill turns it off).
+DISTILL_TEMPERATURE = 4.0
 
 
 @dataclass(frozen=True)
@@ -144,20 +153,22 @@ class Recipe:
 
 
 MODELS: dict[str, Recipe] = {
+    # Widths: at 8 or 16 channels a group of 8 or 16 rows is a whole layer, and group-wise
+    # pruning degenerates to column pruning; these widths leave every layer several groups.
     "cnn": Recipe(
-        "VGG-style CNN (SmallCNN, width 16, 8x8)",
-        lambda: SmallCNN(width=16), image_size=8, epochs=15, lr=3e-3, batch=64, shift=1,
+        "VGG-style CNN (SmallCNN, width 32, 8x8)",
+        lambda: SmallCNN(width=32), image_size=8, epochs=15, lr=3e-3, batch=64, shift=1,
     ),
     "resnet": Recipe(
-        "ResNet-style CNN (SmallResNet, width 8, 16x16)",
-        lambda: SmallResNet(width=8), image_size=16, epochs=15, lr=3e-3, batch=64, shift=2,
+        "ResNet-style CNN (SmallResNet, width 16, 16x16)",
+        lambda: SmallResNet(width=16), image_size=16, epochs=15, lr=3e-3, batch=64, shift=2,
     ),
     # a ViT with learned position embeddings: a whole-pixel shift at 8x8 moves half a patch
     # and hurts it (82% instead of 97%), so it sees 16x16 inputs and one-pixel shifts there
     "vit": Recipe(
-        "ViT (SmallViT, width 32, 16x16, patch 4)",
-        lambda: SmallViT(width=32, image_size=16, patch_size=4), image_size=16, epochs=20,
-        lr=3e-3, batch=16, shift=1,
+        "ViT (SmallViT, width 128, 16x16, patch 4)",
+        lambda: SmallViT(width=128, image_size=16, patch_size=4), image_size=16, epochs=30,
+        lr=3e-3, batch=16, shift=1, finetune_lr=2e-3,
     ),
 }  # fmt: skip
 
@@ -188,7 +199,7 @@ PATTERNS: dict[str, PatternSpec] = {
         PatternSpec("4:8", "4:8", fixed_sparsity=0.5),
         PatternSpec("block 4x4", "block", {"block": (4, 4)}),
         *(PatternSpec(f"group G={g}", "group", {"group_size": g}) for g in (8, 16, 32)),
-        # G = 32 covers most layers of these small models whole, where rows cannot be regrouped
+        # the permutation at G = 32 too would take the full study past 30 minutes
         *(
             PatternSpec(f"group G={g} perm", "group", {"group_size": g, "permute": True})
             for g in (8, 16)
@@ -283,8 +294,13 @@ def train(
     generator: torch.Generator,
     schedule: str = "one_cycle",
     after_step: Callable[[], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> None:
-    """AdamW over ``epochs``; ``after_step`` runs after every optimizer step (Pruner.step)."""
+    """AdamW over ``epochs``; ``after_step`` runs after every optimizer step (Pruner.step).
+
+    ``teacher``: distil from it (the seed's dense model) as well as learn the labels: the loss
+    is the mean of the cross-entropy and the KL divergence to the teacher's softened outputs
+    (temperature DISTILL_TEMPERATURE, scaled by its square so both terms weigh alike)."""
     steps = epochs * math.ceil(len(x) / batch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     if schedule == "one_cycle":
@@ -297,7 +313,10 @@ def train(
     for _ in range(epochs):
         for index in _batches(len(x), batch, generator):
             inputs = shifted(x[index], shift, background, generator)
-            loss = F.cross_entropy(model(inputs), y[index])
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, y[index])
+            if teacher is not None:
+                loss = 0.5 * loss + 0.5 * distillation_loss(logits, teacher, inputs)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -305,6 +324,17 @@ def train(
             if after_step is not None:
                 after_step()
     model.eval()
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher: nn.Module, inputs: torch.Tensor
+) -> torch.Tensor:
+    """KL(teacher || student) at DISTILL_TEMPERATURE, times its square (Hinton et al., 2015)."""
+    with torch.no_grad():
+        target = F.log_softmax(teacher(inputs) / DISTILL_TEMPERATURE, dim=1)
+    student = F.log_softmax(logits / DISTILL_TEMPERATURE, dim=1)
+    kl = F.kl_div(student, target, log_target=True, reduction="batchmean")
+    return kl * DISTILL_TEMPERATURE**2
 
 
 @torch.no_grad()
@@ -413,7 +443,7 @@ def oneshot_run(
 def gradual_runs(
     dense: nn.Module, spec: PatternSpec, sparsities: Sequence[float], criterion: str,
     recipe: Recipe, data: Digits, train_x: torch.Tensor, test_x: torch.Tensor, *,
-    stage_epochs: int, seed: int, check_compiled: bool,
+    stage_epochs: int, seed: int, check_compiled: bool, distill: bool = True,
 ) -> dict[float, RunResult]:  # fmt: skip
     """Fine-tune a copy of ``dense`` with a Pruner attached through the ``sparsities`` (one
     stage each, see StagedCubic); {sparsity: the result at the end of its stage}.
@@ -443,6 +473,7 @@ def gradual_runs(
                 model, train_x, data.train_y, epochs=stage_epochs, lr=recipe.finetune_lr,
                 batch=recipe.finetune_batch, shift=recipe.shift, background=data.background,
                 generator=generator, schedule="cosine", after_step=pruner.step,
+                teacher=dense.eval() if distill else None,
             )  # fmt: skip
             logits = predict(model, test_x)
             result = RunResult(
@@ -482,6 +513,8 @@ class Settings:
     compile_check: bool
     quick: bool
     threads: int
+    jobs: int = 1
+    distill: bool = True
 
     def configurations(self) -> list[tuple[PatternSpec, float]]:
         """(pattern, sparsity) pairs: N:M patterns once, at their own sparsity."""
@@ -527,7 +560,8 @@ def _seconds_per_epoch(recipe: Recipe, x: torch.Tensor, batch: int, steps: int =
 
 def estimate_seconds(settings: Settings, data: Digits) -> dict[str, float]:
     """{model: seconds} for the whole study, from timed training steps: dense training,
-    fine-tuning (with 15% for the Pruner's hooks and updates) and about 0.2 s per test or
+    fine-tuning (with 15% for the Pruner's hooks and updates, 20% more for the teacher's
+    forward pass when distilling) and about 0.2 s per test or
     compile."""
     estimate = {}
     for name in settings.models:
@@ -540,7 +574,7 @@ def estimate_seconds(settings: Settings, data: Digits) -> dict[str, float]:
             + len(settings.criteria)
             * settings.finetune_epochs_per_criterion()
             * finetune_epoch
-            * 1.15
+            * (1.35 if settings.distill else 1.15)
             + settings.runs_per_model() * 0.2
         )
         estimate[name] = settings.seeds * per_seed
@@ -564,11 +598,15 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
     data = load_digits()
     started = time.perf_counter()
     estimate = estimate_seconds(settings, data)
-    total_estimate = sum(estimate.values())
+    # the jobs share the work evenly enough: (model, seed) jobs of similar sizes
+    total_estimate = sum(estimate.values()) / min(
+        settings.jobs, len(settings.models) * settings.seeds
+    )
     print(
-        f"estimated study time: {total_estimate / 60:.1f} min ("
+        f"estimated study time: {total_estimate / 60:.1f} min (one process: "
         + ", ".join(f"{name} {seconds / 60:.1f}" for name, seconds in estimate.items())
-        + f"; {settings.threads} thread{'s' * (settings.threads > 1)}, measured now on this machine)",
+        + f"; {settings.jobs} job{'s' * (settings.jobs > 1)} of {settings.threads} "
+        f"thread{'s' * (settings.threads > 1)}, measured now on this machine)",
         flush=True,
     )
     results: dict[str, Any] = {
@@ -591,6 +629,12 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
                 "oneshot": "pruned once, BatchNorm statistics re-estimated on 512 training images, "
                 "no weight updates",
                 "finetune_optimizer": "AdamW (weight decay 1e-4), cosine to zero in each stage",
+                "finetune_loss": (
+                    "mean of cross-entropy and KL divergence to the seed's dense model "
+                    f"(temperature {DISTILL_TEMPERATURE:g}, scaled by its square)"
+                    if settings.distill
+                    else "cross-entropy"
+                ),
                 "taylor_oneshot_calibration": "the first 512 training images, 4 batches",
                 "taylor_gradual": "|w * grad| summed over the training steps between updates",
             },
@@ -610,16 +654,43 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
         "runs": [],
         "goals": {},
     }
-    per_seed: dict[str, dict[str, Any]] = {}
-    total = len(settings.models) * settings.seeds * (1 + settings.runs_per_model())
-    with tqdm(total=total, unit="run", dynamic_ncols=True) as progress:
-        for seed in range(settings.seeds):
-            for name in settings.models:
-                _study_model(settings, name, seed, data, results, per_seed, progress)
-                results["runs"] = _runs(per_seed)
-                results["goals"] = goals(results)
-                results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
-                write_json(results, out / "results.json")
+    jobs = [(seed, name) for seed in range(settings.seeds) for name in settings.models]
+    done: dict[tuple[int, str], JobResult] = {}
+
+    def collect(job: tuple[int, str], result: JobResult) -> None:
+        """Record one finished (seed, model) job and rewrite results.json, seeds in order."""
+        done[job] = result
+        per_seed: dict[str, dict[str, Any]] = {}
+        results["dense"] = {}
+        for seed, name in sorted(done):
+            dense_accuracy, records = done[(seed, name)]
+            entry = results["dense"].setdefault(name, {"title": MODELS[name].title, "accuracy": []})
+            entry["accuracy"].append(dense_accuracy)
+            entry.update(_summary(entry["accuracy"]))
+            for label, sparsity, criterion, run in records:
+                _record(per_seed, name, PATTERNS[label], sparsity, criterion, run)
+        results["runs"] = _runs(per_seed)
+        results["goals"] = goals(results)
+        results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
+        write_json(results, out / "results.json")
+
+    per_job = 1 + settings.runs_per_model()
+    with tqdm(total=len(jobs) * per_job, unit="run", dynamic_ncols=True) as progress:
+        if settings.jobs == 1:
+            for job in jobs:
+                collect(job, study_model(settings, job[1], job[0], data, progress))
+        else:  # one process per core, each with settings.threads threads; progress per job
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(settings.jobs, mp_context=context) as pool:
+                futures = {
+                    pool.submit(_study_job, settings, name, seed): (seed, name)
+                    for seed, name in jobs
+                }
+                for future in as_completed(futures):
+                    seed, name = futures[future]
+                    progress.set_description(f"seed {seed} {name} done")
+                    collect(futures[future], future.result())
+                    progress.update(per_job)
     results["meta"]["finished"] = True
     write_json(results, out / "results.json")
     write_table(results, out / "table.md")
@@ -629,7 +700,25 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
     return results
 
 
-def _study_model(settings, name, seed, data, results, per_seed, progress) -> None:
+# (dense accuracy, [(pattern label, sparsity, criterion, result)]) of one model and seed
+JobResult = tuple[float, list[tuple[str, float, str, RunResult]]]
+
+
+class _NoProgress:
+    def set_description(self, _: str) -> None:
+        pass
+
+    def update(self, _: int = 1) -> None:
+        pass
+
+
+def _study_job(settings: Settings, name: str, seed: int) -> JobResult:
+    """study_model in a worker process (--jobs): its own data, threads and no progress bar."""
+    torch.set_num_threads(settings.threads)
+    return study_model(settings, name, seed, load_digits(), _NoProgress())
+
+
+def study_model(settings: Settings, name: str, seed: int, data: Digits, progress) -> JobResult:
     """Train one model's dense baseline for ``seed``, then every pruning run from it."""
     recipe = MODELS[name]
     train_x, test_x = data.at(recipe.image_size)
@@ -641,9 +730,8 @@ def _study_model(settings, name, seed, data, results, per_seed, progress) -> Non
         batch=recipe.batch, shift=recipe.shift, background=data.background,
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
-    entry = results["dense"].setdefault(name, {"title": recipe.title, "accuracy": []})
-    entry["accuracy"].append(accuracy(predict(dense, test_x), data.test_y))
-    entry.update(_summary(entry["accuracy"]))
+    dense_accuracy = accuracy(predict(dense, test_x), data.test_y)
+    records: list[tuple[str, float, str, RunResult]] = []
     progress.update()
     for label in settings.patterns:
         spec = PATTERNS[label]
@@ -657,18 +745,20 @@ def _study_model(settings, name, seed, data, results, per_seed, progress) -> Non
                         f"seed {seed} {name} {label} {sparsity:.0%} {criterion} one-shot"
                     )
                     result = oneshot_run(dense, spec, sparsity, criterion, data, train_x, test_x)
-                    _record(per_seed, name, spec, sparsity, criterion, result)
+                    records.append((label, sparsity, criterion, result))
                     progress.update()
             if "gradual" in settings.schedules:
                 progress.set_description(f"seed {seed} {name} {label} {criterion} gradual")
                 torch.manual_seed(seed)
                 trajectory = gradual_runs(
                     dense, spec, sparsities, criterion, recipe, data, train_x, test_x,
-                    stage_epochs=settings.stage_epochs, seed=seed, check_compiled=settings.compile_check,
+                    stage_epochs=settings.stage_epochs, seed=seed,
+                    check_compiled=settings.compile_check, distill=settings.distill,
                 )  # fmt: skip
                 for sparsity, result in trajectory.items():
-                    _record(per_seed, name, spec, sparsity, criterion, result)
+                    records.append((label, sparsity, criterion, result))
                 progress.update(len(trajectory))
+    return dense_accuracy, records
 
 
 def _record(per_seed, model, spec, sparsity, criterion, result: RunResult) -> None:
@@ -1137,7 +1227,18 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-compile-check", action="store_true", help="skip compiling the group-wise models"
     )
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per job (default 1)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="(model, seed) jobs run in parallel processes (default: 2, or 1 on one core)",
+    )
+    parser.add_argument(
+        "--no-distill",
+        action="store_true",
+        help="fine-tune on the labels alone (default: also distil from the dense model)",
+    )
     return parser
 
 
@@ -1157,6 +1258,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     seeds = args.seeds if args.seeds is not None else (QUICK["seeds"] if quick else 3)
     if seeds < 1:
         raise SystemExit("--seeds must be at least 1")
+    if args.jobs < 1 or args.threads < 1:
+        raise SystemExit("--jobs and --threads must be at least 1")
     return Settings(
         models=models,
         patterns=tuple(args.patterns or (QUICK["patterns"] if quick else PATTERNS)),
@@ -1169,6 +1272,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         compile_check=not args.no_compile_check,
         quick=quick,
         threads=args.threads,
+        jobs=args.jobs,
+        distill=not args.no_distill,
     )
 
 
