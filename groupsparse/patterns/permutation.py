@@ -13,8 +13,11 @@ and :func:`search_row_groups` raises it by local search: with every group's kept
 fixed, the score of a row in a group is one number, so swapping two rows between groups
 changes the total by a sum of four such numbers, and swaps of disjoint rows add up; after
 each round of swaps the kept columns are chosen again, which can only raise the total. The
-search starts from the consecutive grouping and from a greedy clustering (up to 1024 rows),
-and returns the better result, so it never keeps less than the consecutive grouping.
+search starts from the consecutive grouping, from a greedy clustering (up to 1024 rows) and,
+when the scores already carry a grouping (gradual pruning scores pruned weights as 0, so the
+rows of a group share their zero columns), from that grouping; it returns the best result, so
+it never keeps less than the consecutive grouping, nor than staying in the current groups:
+rows move between groups only when that keeps more score, not at every mask update.
 
 >>> scores = torch.rand(32, 64)
 >>> groups = search_row_groups(scores, group_size=8, kept=16)
@@ -65,6 +68,9 @@ def search_row_groups(
     consecutive = consecutive_row_groups(rows, group_size)
     sizes = [len(members) for members in consecutive]
     starts = [_labels(consecutive, rows)]
+    current = _current_labels(scores, sizes)
+    if current is not None:
+        starts.append(current)
     if rows <= _GREEDY_MAX_ROWS:
         starts.append(_greedy_labels(scores, sizes, kept))
     candidates = [_improve(scores, labels, kept, max_rounds) for labels in starts]
@@ -77,6 +83,30 @@ def _labels(row_groups: list[torch.Tensor], rows: int) -> torch.Tensor:
     labels = torch.empty(rows, dtype=torch.int64)
     for group, members in enumerate(row_groups):
         labels[members] = group
+    return labels
+
+
+def _current_labels(scores: torch.Tensor, sizes: list[int]) -> torch.Tensor | None:
+    """The grouping the scores' zeros show, if they show one: rows with the same zero columns
+    share a group (several groups with one column set are split in row order). None when no
+    score is zero or the rows so found do not make groups of these sizes."""
+    zero = scores == 0
+    if not zero.any() or zero.all():
+        return None
+    _, cluster = torch.unique(zero, dim=0, return_inverse=True)
+    size, short = max(sizes), [s for s in sizes if s != max(sizes)]
+    labels = torch.empty(scores.shape[0], dtype=torch.int64)
+    group, leftover = 0, []
+    for members in (torch.nonzero(cluster == c).flatten() for c in range(int(cluster.max()) + 1)):
+        whole = len(members) // size * size
+        for start in range(0, whole, size):
+            labels[members[start : start + size]] = group
+            group += 1
+        leftover.append(members[whole:])
+    leftover = torch.cat(leftover)
+    if len(leftover) != sum(short):
+        return None
+    labels[leftover] = group
     return labels
 
 

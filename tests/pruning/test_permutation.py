@@ -103,6 +103,40 @@ def test_search_never_keeps_less_than_consecutive_groups(seed):
         )
 
 
+def _groups_of(mask: torch.Tensor) -> set[tuple[int, ...]]:
+    """The row groups a permuted mask shows (rows with one column set), as a set of tuples."""
+    _, cluster = torch.unique(mask, dim=0, return_inverse=True)
+    return {tuple(torch.nonzero(cluster == c).flatten().tolist()) for c in cluster.unique()}
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("rows", "group_size"), [(32, 8), (30, 8)])
+def test_a_later_update_keeps_at_least_the_score_of_the_current_groups(seed, rows, group_size):
+    # gradual pruning scores pruned weights as 0: the rows of a group share their zero columns,
+    # and the search starts from those groups too, so it never keeps less than staying put
+    generator = torch.Generator().manual_seed(seed)
+    scores = torch.rand(rows, 48, generator=generator) ** 2
+    pattern = gs.GroupWise(group_size=group_size, permute=True)
+    first = pattern.mask(scores, 0.5)
+    current = [torch.tensor(g) for g in _groups_of(first)]
+    masked = scores * first
+    kept = 48 - round(0.6 * 48)
+    groups = search_row_groups(masked, group_size, kept)
+    masked = masked.double()
+    assert kept_score(masked, groups, kept) >= kept_score(masked, current, kept) - 1e-9
+    assert sorted(torch.cat(groups).tolist()) == list(range(rows))
+
+
+def test_rows_stay_in_their_groups_when_moving_gains_nothing():
+    # each group's rows hold their score in the group's own columns: staying is best
+    scores, _ = clustered_scores(rows=32, columns=64, clusters=4, seed=3)
+    pattern = gs.GroupWise(group_size=8, permute=True)
+    first = pattern.mask(scores, 0.5)
+    second = pattern.mask(scores * first, 0.75)
+    assert _groups_of(second) == _groups_of(first)
+    assert not (second & ~first).any()  # no pruned weight comes back
+
+
 def test_one_group_or_every_column_kept_needs_no_search():
     scores = torch.rand(8, 6)
     assert [g.tolist() for g in search_row_groups(scores, 8, 3)] == [list(range(8))]
