@@ -143,14 +143,19 @@ def _kernel_rows(row_index: torch.Tensor | None, rows: int, device: torch.device
     return torch.arange(rows, device=device) if row_index is None else row_index
 
 
-def _median_ms(fn, runs: int) -> float:
-    fn()  # warm-up (and first-touch of buffers)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def _median_ms(functions, runs: int) -> list[float]:
+    """Median ms of each function, timed in turns (so that a machine that speeds up or slows
+    down while the layer is timed moves both alike), after two untimed warm-up calls each."""
+    for fn in functions:
+        fn()  # warm-up (and first-touch of buffers)
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    times: list[list[float]] = [[] for _ in functions]
+    for _ in range(runs):
+        for fn, samples in zip(functions, times):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+    return [statistics.median(samples) * 1e3 for samples in times]
 
 
 def _dense_call(layer: PrunableLayer, x: torch.Tensor):
@@ -254,8 +259,9 @@ def _plan_layer(
         return _with(candidate, reason=f"cost model: keeps {padded_fraction:.0%} of the GEMM")
     x = x.to(weight.device)
     with torch.no_grad():
-        dense_ms = _median_ms(_dense_call(layer, x), options.timing_runs)
-        sparse_ms = _median_ms(sparse_call(candidate, x, options.kernel), options.timing_runs)
+        dense_ms, sparse_ms = _median_ms(
+            (_dense_call(layer, x), sparse_call(candidate, x, options.kernel)), options.timing_runs
+        )
     timed = _with(candidate, dense_ms=dense_ms, sparse_ms=sparse_ms)
     speedup = dense_ms / sparse_ms
     if speedup < options.min_speedup:
