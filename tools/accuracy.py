@@ -214,7 +214,7 @@ QUICK: dict[str, Any] = {
     "sparsities": (0.75,),
     "criteria": ("magnitude",),
     "seeds": 1,
-    "epochs": {"cnn": 8, "resnet": 15, "vit": 12},
+    "epochs": {"cnn": 8, "resnet": 15, "vit": 20},
     "stage_epochs": 2,
 }
 
@@ -676,7 +676,7 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
 
     per_job = 1 + settings.runs_per_model()
     with tqdm(total=len(jobs) * per_job, unit="run", dynamic_ncols=True) as progress:
-        if settings.jobs == 1:
+        if min(settings.jobs, len(jobs)) == 1:
             for job in jobs:
                 collect(job, study_model(settings, job[1], job[0], data, progress))
         else:  # one process per core, each with settings.threads threads; progress per job

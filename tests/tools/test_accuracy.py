@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,6 +72,26 @@ def test_smoke_run_writes_json_table_and_plots(smoke):
     assert "## Dense baselines" in table and "| group G=8 |" in table
     for name in ("accuracy_gradual.png", "accuracy_oneshot.png"):
         assert (smoke / name).stat().st_size > 0
+
+
+def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
+    # --jobs 2 runs (model, seed) jobs in spawned processes; the results, in seed order, must
+    # be those of the same study run in one process
+    args = [
+        "--models", "cnn", "--patterns", "group G=8", "--sparsities", "0.75", "--criteria",
+        "magnitude", "--seeds", "2", "--epochs", "1", "--stage-epochs", "1",
+        "--schedules", "gradual", "--no-compile-check",
+    ]  # fmt: skip
+    for jobs in ("1", "2"):
+        subprocess.run(
+            [sys.executable, str(TOOL), *args, "--jobs", jobs, "--out", str(tmp_path / jobs)],
+            check=True, capture_output=True, timeout=600,
+        )  # fmt: skip
+    one, two = (json.loads((tmp_path / j / "results.json").read_text()) for j in ("1", "2"))
+    assert two["meta"]["settings"]["jobs"] == 2
+    assert one["dense"]["cnn"]["accuracy"] == two["dense"]["cnn"]["accuracy"]
+    assert [r["accuracy"] for r in one["runs"]] == [r["accuracy"] for r in two["runs"]]
+    assert len(two["runs"][0]["accuracy"]) == 2
 
 
 def test_compiled_model_predicts_as_the_masked_model(smoke):
