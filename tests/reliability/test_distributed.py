@@ -145,6 +145,10 @@ def _worker(rank: int, port: int) -> None:
     try:
         _taylor_under_ddp(rank)
         _pruner_before_ddp(rank)
+        # neither rank tears the group down while the other still talks to it (a rank that
+        # left first once took the other down with "terminate called without an active
+        # exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
