@@ -74,13 +74,24 @@ def _rewritten_mask(
     mask = torch.zeros(plan.rows, plan.columns, dtype=torch.bool)
     row_arg = node.args[-1]  # the kernel row of each output row, for channel-permuted groups
     has_rows = isinstance(row_arg, fx.Node) and str(row_arg.target).endswith("_rows")
-    kernel_rows = _attribute(graph_module, row_arg).cpu() if has_rows else torch.arange(plan.rows)
+    if has_rows:
+        kernel_rows = _attribute(graph_module, row_arg).cpu()
+    elif plan.row_index is not None:  # folded into the next layer (fold_permutation)
+        kernel_rows = plan.row_index.cpu()
+    else:
+        kernel_rows = torch.arange(plan.rows)
     group_of_row = kernel_rows // plan.group_size
+    columns = columns.cpu()
+    if plan.input_rows is not None:  # columns numbered in the permuted layer's kernel order
+        taps = plan.columns // plan.input_width
+        channel_of = torch.empty(int(plan.input_rows.max()) + 1, dtype=torch.int64)
+        channel_of[plan.input_rows.cpu()] = torch.arange(plan.input_rows.numel())
+        columns = channel_of[columns // taps] * taps + columns % taps
     for group in range(columns.shape[0]):
         if not bool(weight[group].any()):
             continue
         rows = (group_of_row == group).nonzero().flatten()
-        mask[rows[:, None], columns[group].unique().cpu()[None, :]] = True
+        mask[rows[:, None], columns[group].unique()[None, :]] = True
     return mask, weight
 
 

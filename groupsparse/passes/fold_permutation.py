@@ -138,6 +138,8 @@ def fold_permutation(gm: fx.GraphModule, context: CompileContext) -> list[str]:
             delattr(gm, row_node.target)
         consumer_plan = consumer.meta.get(META_PLAN)
         consumer_name = consumer_plan.name if consumer_plan is not None else consumer.name
+        if consumer_plan is not None:  # inspection maps the columns back with it
+            consumer.meta[META_PLAN] = dataclasses.replace(consumer_plan, input_rows=rows.clone())
         if plan is not None:
             node.meta[META_PLAN] = dataclasses.replace(
                 plan, reason=f"{plan.reason}; channel permutation folded into {consumer_name}"

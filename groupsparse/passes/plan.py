@@ -48,6 +48,9 @@ class LayerPlan:
         default=None, repr=False
     )  # (M,) kernel row of each output row
     bias: torch.Tensor | None = field(default=None, repr=False)
+    # set by fold_permutation: the kernel row of each input channel of the permuted layer
+    # feeding this one (this layer's columns are numbered in that order)
+    input_rows: torch.Tensor | None = field(default=None, repr=False)
     geometry: tuple[int, ...] = ()
     flops_dense: int = 0
     flops_sparse: int = 0
