@@ -202,6 +202,9 @@ def _layer_pruning(draw) -> dict[str, Any]:
         "sparsity": draw(st.sampled_from(SPARSITIES)),
         "group_size": draw(st.sampled_from([2, 4, 3, 8, 1, 16, 64])),
         "balanced": draw(st.booleans()),
+        # channel-permuted groups: the compiler puts rows back in order, or folds the order
+        # into the next rewritten layer (fold_permutation)
+        "permute": draw(st.booleans()),
     }
 
 
@@ -390,7 +393,11 @@ def make_masks(model: nn.Module, spec: dict[str, Any]) -> dict[str, torch.Tensor
             mask = torch.ones(shape, dtype=torch.bool)
         else:
             pattern = {
-                "group": GroupWise(group_size=choice["group_size"], balanced=choice["balanced"]),
+                "group": GroupWise(
+                    group_size=choice["group_size"],
+                    balanced=choice["balanced"],
+                    permute=choice.get("permute", False),
+                ),
                 "element": ElementWise(),
                 "filter": FilterWise(),
             }[choice["pattern"]]
