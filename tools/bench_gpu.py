@@ -58,17 +58,20 @@ import subprocess
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without installing
+sys.path.insert(
+    0, str(REPO / "tools")
+)  # tools/baselines.py: the CSR / BSR layers, shared with bench.py
+
+from baselines import to_sparse_layout
 
 MODELS = ("vgg16", "resnet50", "bert-base", "vit-b16")
 DRY_RUN_MODELS = ("small-cnn", "tiny-bert")
@@ -155,64 +158,6 @@ def graphed(call: Callable[[], Any]) -> Callable[[], Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _to_layout(matrix: torch.Tensor, layout: str) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
-        if layout == "csr":
-            return matrix.to_sparse_csr()
-        if layout == "bsr":
-            return matrix.to_sparse_bsr((BSR_BLOCK, BSR_BLOCK))
-    raise ValueError(f"unknown sparse layout {layout!r}")
-
-
-class SparseLinear(nn.Module):
-    """``x @ W.T + b`` with W in a torch.sparse layout (SpMM: sparse W times dense x.T)."""
-
-    def __init__(self, linear: nn.Linear, layout: str) -> None:
-        super().__init__()
-        self.weight = _to_layout(linear.weight.detach(), layout)
-        self.bias = None if linear.bias is None else linear.bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.reshape(-1, x.shape[-1])
-        out = (self.weight @ tokens.t()).t()
-        if self.bias is not None:
-            out = out + self.bias
-        return out.reshape(*x.shape[:-1], out.shape[-1])
-
-
-class SparseConv2d(nn.Module):
-    """im2col (F.unfold) then SpMM with the (M, K) weight in a torch.sparse layout."""
-
-    def __init__(self, conv: nn.Conv2d, layout: str) -> None:
-        super().__init__()
-        if conv.groups != 1 or isinstance(conv.padding, str):
-            raise ValueError("only ungrouped convs with explicit padding have an im2col baseline")
-        self.options = {
-            "kernel_size": conv.kernel_size, "dilation": conv.dilation, "padding": conv.padding,
-            "stride": conv.stride,
-        }  # fmt: skip
-        self.weight = _to_layout(conv.weight.detach().reshape(conv.out_channels, -1), layout)
-        self.bias = None if conv.bias is None else conv.bias.detach()
-        self.out_channels = conv.out_channels
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, _, height, width = x.shape
-        columns = F.unfold(x, **self.options)  # (B, K, L)
-        rows, pixels = columns.shape[1], columns.shape[2]
-        out = self.weight @ columns.transpose(0, 1).reshape(rows, batch * pixels)
-        out = out.reshape(self.out_channels, batch, pixels).transpose(0, 1)
-        if self.bias is not None:
-            out = out + self.bias[:, None]
-        kh, kw = self.options["kernel_size"]
-        sh, sw = self.options["stride"]
-        ph, pw = self.options["padding"]
-        dh, dw = self.options["dilation"]
-        out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        return out.reshape(batch, self.out_channels, out_h, out_w)
-
-
 def _replace(
     model: nn.Module, names: list[str], make: Callable[[nn.Module], nn.Module | None]
 ) -> int:
@@ -227,17 +172,6 @@ def _replace(
             setattr(parent, child, replacement)
             swapped += 1
     return swapped
-
-
-def _sparse_layer(module: nn.Module, layout: str) -> nn.Module | None:
-    rows, columns = module.weight.shape[0], module.weight[0].numel()
-    if layout == "bsr" and (rows % BSR_BLOCK or columns % BSR_BLOCK):
-        return None  # torch's BSR needs whole blocks
-    if isinstance(module, nn.Linear):
-        return SparseLinear(module, layout)
-    if isinstance(module, nn.Conv2d) and module.groups == 1 and not isinstance(module.padding, str):
-        return SparseConv2d(module, layout)
-    return None
 
 
 def _semi_structured(module: nn.Module) -> nn.Module | None:
@@ -517,7 +451,8 @@ def _sparse_end_to_end(base, cpu_inputs, pattern, pattern_args, sparsity, args, 
     with torch.inference_mode():
         reference = model(*inputs)
     layout = "csr" if pattern == "element" else "bsr"
-    swapped = _replace(model, _layer_names(masks), lambda m: _sparse_layer(m, layout))
+    model, how = to_sparse_layout(model, _layer_names(masks), layout, (BSR_BLOCK, BSR_BLOCK))
+    swapped = sum(value == layout for value in how.values())
     return {**_end_to_end(model, inputs, timer, reference), "sparse_layers": swapped}
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "bench_gpu.py"
 
@@ -58,26 +57,3 @@ def test_pack_groups_reproduces_the_pruned_layer(bench, group_size):
     out = cpu.grouped_linear(x, weight, columns, None)
     torch.testing.assert_close(out[:, :10], F.linear(x, matrix))
     assert torch.equal(out[:, 10:], torch.zeros_like(out[:, 10:]))
-
-
-@pytest.mark.parametrize("layout", ["csr", "bsr"])
-def test_sparse_baselines_compute_the_dense_layers(bench, layout):
-    torch.manual_seed(0)
-    conv = nn.Conv2d(16, 32, 3, stride=2, padding=1)
-    linear = nn.Linear(32, 48)
-    x = torch.randn(2, 16, 9, 9)
-    tokens = torch.randn(3, 5, 32)
-    with torch.no_grad():
-        conv.weight[torch.rand_like(conv.weight) < 0.5] = 0
-        linear.weight[torch.rand_like(linear.weight) < 0.5] = 0
-
-    sparse_conv = bench._sparse_layer(conv, layout)
-    sparse_linear = bench._sparse_layer(linear, layout)
-
-    with torch.no_grad():
-        torch.testing.assert_close(sparse_conv(x), conv(x), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(sparse_linear(tokens), linear(tokens), rtol=1e-5, atol=1e-5)
-
-
-def test_bsr_baseline_leaves_layers_without_whole_blocks_dense(bench):
-    assert bench._sparse_layer(nn.Conv2d(3, 64, 3), "bsr") is None  # K = 27
