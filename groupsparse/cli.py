@@ -26,35 +26,17 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .timing import time_side_by_side
+
 __all__ = ["COMPILED_FORMAT", "MASKS_FORMAT", "load_model", "main", "time_side_by_side"]
-
-
-def time_side_by_side(
-    functions: dict[str, Callable[[], object]], runs: int, warmup: int = 3
-) -> dict[str, float]:
-    """Median milliseconds of each function, timed in turns (A, B, A, B, ...) so that drift in
-    the machine's speed falls on all of them alike."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            for function in functions.values():
-                function()
-        times: dict[str, list[float]] = {name: [] for name in functions}
-        for _ in range(runs):
-            for name, function in functions.items():
-                start = time.perf_counter()
-                function()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1056,6 +1056,19 @@ def compiled_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# The table's rows per model and criterion: (goal, field of results["goals"]["gradual"], the
+# least value that meets it or None for a figure shown without a verdict, the sparsity whose
+# best group the figure names)
+GOAL_ROWS: tuple[tuple[str, str, float | None, str | None], ...] = (
+    ("75%: best group within 1.0 of element", "group_minus_element_75", -1.0, "75"),
+    ("75%: best group within 1.5 of dense", "group_minus_dense_75", -1.5, "75"),
+    ("75%: filter minus best group (visibly worse)", "filter_minus_group_75", None, None),
+    ("75%: filter minus element", "filter_minus_element_75", None, None),
+    ("90%: best group within 3 of dense", "group_minus_dense_90", -3.0, "90"),
+    ("90%: filter minus best group", "filter_minus_group_90", None, None),
+)
+
+
 def goals_table(results: dict[str, Any]) -> list[str]:
     """Markdown: each goal of issue 6 with the measured figure beside it."""
     summary = results["goals"]
@@ -1078,43 +1091,11 @@ def goals_table(results: dict[str, Any]) -> list[str]:
 
     for key, row in summary.get("gradual", {}).items():
         label = key.replace("|", ", ")
-        for tag in ("75", "90"):
-            best = row.get(f"best_group_{tag}")
-            note = f" ({best['pattern']})" if best else ""
-            if tag == "75":
-                value = row.get("group_minus_element_75")
-                add(
-                    "75%: best group within 1.0 of element",
-                    label,
-                    value,
-                    None if value is None else value >= -1.0,
-                    note,
-                )
-                value = row.get("group_minus_dense_75")
-                add(
-                    "75%: best group within 1.5 of dense",
-                    label,
-                    value,
-                    None if value is None else value >= -1.5,
-                    note,
-                )
-                add(
-                    "75%: filter minus best group (visibly worse)",
-                    label,
-                    row.get("filter_minus_group_75"),
-                    None,
-                )
-                add("75%: filter minus element", label, row.get("filter_minus_element_75"), None)
-            else:
-                value = row.get("group_minus_dense_90")
-                add(
-                    "90%: best group within 3 of dense",
-                    label,
-                    value,
-                    None if value is None else value >= -3.0,
-                    note,
-                )
-                add("90%: filter minus best group", label, row.get("filter_minus_group_90"), None)
+        for goal, field_, floor, best_of in GOAL_ROWS:
+            value = row.get(field_)
+            best = row.get(f"best_group_{best_of}") if best_of else None
+            met = None if value is None or floor is None else value >= floor
+            add(goal, label, value, met, f" ({best['pattern']})" if best else "")
     for schedule, entry in summary.get("permutation_vs_none", {}).get("by_schedule", {}).items():
         lines.append(
             f"| permutation >= none ({schedule}) | all models, G, sparsities, criteria "

@@ -38,15 +38,15 @@ _POOL_FUNCTIONS = {
 _POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
 # argument positions of the groupsparse ops: (x, weight, columns, bias, ...)
-_X, _WEIGHT, _COLUMNS = 0, 1, 2
+_WEIGHT, _COLUMNS = 1, 2
 
 
 def _ops() -> dict:
-    """op -> (position of row_index, position of the input width, is conv)."""
+    """op -> (position of row_index, is conv)."""
     gs = torch.ops.groupsparse
     return {
-        gs.conv2d.default: (8, 7, True), gs.conv2d_loop.default: (8, 7, True),
-        gs.linear.default: (7, 6, False), gs.linear_loop.default: (7, 6, False),
+        gs.conv2d.default: (8, True), gs.conv2d_loop.default: (8, True),
+        gs.linear.default: (7, False), gs.linear_loop.default: (7, False),
     }  # fmt: skip
 
 
@@ -58,7 +58,9 @@ def _channelwise(gm: fx.GraphModule, node: fx.Node, conv: bool) -> bool:
         return node.target in _ELEMENTWISE_METHODS
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
-        return isinstance(module, _ELEMENTWISE_MODULES) or (conv and isinstance(module, _POOL_MODULES))
+        return isinstance(module, _ELEMENTWISE_MODULES) or (
+            conv and isinstance(module, _POOL_MODULES)
+        )
     return False
 
 
@@ -71,7 +73,7 @@ def _consumer(gm: fx.GraphModule, node: fx.Node, conv: bool, ops: dict) -> fx.No
             return None
         if user.target in ops:
             # a conv's channels are dim 1, a linear's features the last dim: same kind only
-            return user if ops[user.target][2] == conv else None
+            return user if ops[user.target][1] == conv else None
         if not _channelwise(gm, user, conv) or any(a is current for a in user.args[1:]):
             return None
         current = user
@@ -96,6 +98,21 @@ def _renumber(
     return renumbered.contiguous(), weight.contiguous()
 
 
+def _refusal(gm: fx.GraphModule, node: fx.Node, row_position: int, consumer: fx.Node | None) -> str:
+    """Why the permutation of ``node`` cannot fold into ``consumer`` ("" when it can)."""
+    if consumer is None:
+        return "the output does not reach one rewritten layer through channel-wise ops"
+    rows, weight = _attr(gm, node.args[row_position]), _attr(gm, node.args[_WEIGHT])
+    columns_node, weight_node = consumer.args[_COLUMNS], consumer.args[_WEIGHT]
+    if any(t is None for t in (rows, weight, _attr(gm, columns_node), _attr(gm, weight_node))):
+        return "its plan is not held in buffers"
+    if weight.shape[0] * weight.shape[1] != rows.numel():
+        return "a smaller last group pads the kernel's rows, so the output would change width"
+    if len(columns_node.users) != 1 or len(weight_node.users) != 1:
+        return "the next layer shares its buffers with another call"
+    return ""
+
+
 def fold_permutation(gm: fx.GraphModule, context: CompileContext) -> list[str]:
     """Guarantees: a channel-permuted layer whose output only reaches one rewritten layer of its
     kind through channel-wise ops has no run-time index_select; that layer reads the kernel's
@@ -105,33 +122,28 @@ def fold_permutation(gm: fx.GraphModule, context: CompileContext) -> list[str]:
     for node in list(gm.graph.nodes):
         if node.target not in ops:
             continue
-        row_position, _, conv = ops[node.target]
+        row_position, conv = ops[node.target]
         if len(node.args) <= row_position or node.args[row_position] is None:
             continue
-        rows = _attr(gm, node.args[row_position])
-        weight = _attr(gm, node.args[_WEIGHT])
         consumer = _consumer(gm, node, conv, ops)
+        refusal = _refusal(gm, node, row_position, consumer)
         plan = node.meta.get(META_PLAN)
-        if consumer is None or rows is None or weight is None:
+        if refusal:
             if plan is not None:
                 node.meta[META_PLAN] = dataclasses.replace(
-                    plan, reason=f"{plan.reason}; rows put back in order at run time "
-                    "(the output does not reach one rewritten layer through channel-wise ops)",
-                )  # fmt: skip
+                    plan, reason=f"{plan.reason}; rows put back in order at run time ({refusal})"
+                )
             continue
-        if weight.shape[0] * weight.shape[1] != rows.numel():
-            continue  # a smaller last group pads the kernel's rows: the output would change width
+        row_node = node.args[row_position]
+        rows = _attr(gm, row_node)
         columns_node, weight_node = consumer.args[_COLUMNS], consumer.args[_WEIGHT]
-        columns, consumer_weight = _attr(gm, columns_node), _attr(gm, weight_node)
-        if columns is None or consumer_weight is None:
-            continue
-        if len(columns_node.users) != 1 or len(weight_node.users) != 1:
-            continue  # a buffer shared with another call: renumbering would change that one too
         taps = consumer.args[4][0] * consumer.args[4][1] if conv else 1
-        new_columns, new_weight = _renumber(columns, consumer_weight, rows.to(columns.device), taps)
+        columns = _attr(gm, columns_node)
+        new_columns, new_weight = _renumber(
+            columns, _attr(gm, weight_node), rows.to(columns.device), taps
+        )
         setattr(gm, columns_node.target, new_columns)
         setattr(gm, weight_node.target, new_weight)
-        row_node = node.args[row_position]
         node.args = node.args[:row_position]
         if not row_node.users:
             gm.graph.erase_node(row_node)

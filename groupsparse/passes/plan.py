@@ -3,8 +3,6 @@ to rewrite it or leave it dense."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -12,6 +10,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..runtime import ops  # noqa: F401  (registers torch.ops.groupsparse)
+from ..timing import time_side_by_side
 from .analyze import LayerStructure
 from .common import (
     META_INPUT,
@@ -146,21 +145,6 @@ def _kernel_rows(row_index: torch.Tensor | None, rows: int, device: torch.device
     return torch.arange(rows, device=device) if row_index is None else row_index
 
 
-def _median_ms(functions, runs: int) -> list[float]:
-    """Median ms of each function, timed in turns (so that a machine that speeds up or slows
-    down while the layer is timed moves both alike), after two untimed warm-up calls each."""
-    for fn in functions:
-        fn()  # warm-up (and first-touch of buffers)
-        fn()
-    times: list[list[float]] = [[] for _ in functions]
-    for _ in range(runs):
-        for fn, samples in zip(functions, times):
-            start = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - start)
-    return [statistics.median(samples) * 1e3 for samples in times]
-
-
 def _dense_call(layer: PrunableLayer, x: torch.Tensor):
     weight = layer.weight.to(x.dtype)
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
@@ -262,9 +246,13 @@ def _plan_layer(
         return _with(candidate, reason=f"cost model: keeps {padded_fraction:.0%} of the GEMM")
     x = x.to(weight.device)
     with torch.no_grad():
-        dense_ms, sparse_ms = _median_ms(
-            (_dense_call(layer, x), sparse_call(candidate, x, options.kernel)), options.timing_runs
+        # in turns, so that a machine that speeds up or slows down moves both alike
+        times = time_side_by_side(
+            {"dense": _dense_call(layer, x), "sparse": sparse_call(candidate, x, options.kernel)},
+            options.timing_runs,
+            warmup=2,
         )
+        dense_ms, sparse_ms = times["dense"], times["sparse"]
     timed = _with(candidate, dense_ms=dense_ms, sparse_ms=sparse_ms)
     speedup = dense_ms / sparse_ms
     if speedup < options.min_speedup:

@@ -1,0 +1,30 @@
+"""Timing in turns: the one way groupsparse compares two implementations (the compiler's
+"never slower" check, the demo, tools/bench.py and tools/never_slower.py)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["time_side_by_side"]
+
+
+def time_side_by_side(
+    functions: dict[str, Callable[[], object]], runs: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median milliseconds of each function, timed in turns (A, B, A, B, ...) so that drift in
+    the machine's speed falls on all of them alike."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            for function in functions.values():
+                function()
+        times: dict[str, list[float]] = {name: [] for name in functions}
+        for _ in range(runs):
+            for name, function in functions.items():
+                start = time.perf_counter()
+                function()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e3 for name, values in times.items()}
