@@ -37,6 +37,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import native
+
 __all__ = [
     "ConvGeometry",
     "conv_output_size",
@@ -244,9 +246,14 @@ def grouped_conv2d(
     *,
     tile_bytes: int = _TILE_BYTES,
     wide: bool | None = None,
+    use_native: bool | None = None,
 ) -> torch.Tensor:
     """Group-sparse conv2d: ``(B, C, H, W)`` (NCHW or channels_last) -> contiguous NCHW
     ``(B, groups*G, OH, OW)``.
+
+    Float32 runs the native fused kernel (``native.py``) where it is available
+    (``use_native=None``: whenever it is; True: insist; False: never); the rest of this
+    docstring describes the torch-ops kernel that runs otherwise.
 
     Tiled over bands of output pixels: each band's kept columns (all groups) are gathered into
     a buffer of about ``tile_bytes``, then one batched GEMM computes every group's rows of that
@@ -263,6 +270,10 @@ def grouped_conv2d(
     >>> grouped_conv2d(x, weight, columns, None, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)).shape
     torch.Size([1, 8, 10, 10])
     """
+    if use_native is None:
+        use_native = _native_ready(x, weight)
+    if use_native:
+        return _native_conv2d(x, weight, columns, bias, geometry, relu)
     groups, group_rows, kept = weight.shape
     grid = _ConvGrid(x.shape, geometry, wide)
     batch, pixels, out_h, out_w = grid.batch, grid.pixels, grid.out_h, grid.out_w
@@ -333,6 +344,51 @@ def grouped_conv2d(
     if relu:
         return torch.ops.aten._add_relu_(result, bias.view(-1, 1, 1))
     return result.add_(bias.view(-1, 1, 1))
+
+
+def _native_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The one place that decides between the native kernel and the torch-ops one."""
+    return (
+        x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and native.library() is not None
+    )
+
+
+def _native_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: ConvGeometry,
+    relu: bool,
+) -> torch.Tensor:
+    """``grouped_conv2d`` by the native kernel: stride-1 convs on the wide grid (each tile of
+    pixels is one contiguous run of every column), others on the narrow one."""
+    groups, group_rows, _ = weight.shape
+    grid = _ConvGrid(x.shape, geometry, wide=True)
+    flat = _padded_flat(x, geometry)
+    offsets = _cached_column_offsets(columns, geometry, grid.padded_h, grid.padded_w)
+    if grid.wide:
+        mapping = (grid.padded_w, grid.padded_w, 1)
+    else:
+        mapping = (grid.out_w, grid.sh * grid.padded_w, grid.sw)
+    out = x.new_empty(grid.batch, groups * group_rows, grid.out_h, grid.out_w)
+    return native.conv2d(
+        flat,
+        offsets.to(torch.int64).contiguous(),
+        weight.contiguous(),
+        None if bias is None else bias.contiguous(),
+        out,
+        batch=grid.batch,
+        image=grid.image,
+        pixels=grid.pixels,
+        grid=mapping,
+        valid_w=grid.out_w,
+        dst_row=grid.out_w,
+        relu=relu,
+    )
 
 
 def grouped_linear(

@@ -1,0 +1,204 @@
+// groupsparse's native CPU kernel: a group-sparse conv2d as one fused gather + GEMM.
+//
+// Built on first use by groupsparse/runtime/native.py (g++ -O3 -mavx2 -mfma -fopenmp, torch's
+// headers for at::parallel_for, so it shares torch's thread pool and torch.set_num_threads).
+// Loaded with ctypes: plain C entry points, raw pointers, no Python objects.
+//
+// The layer: output channel g*G + r of image b at output pixel p is
+//     bias[g*G + r] + sum_k weight[g][r][k] * input[b][offsets[g][k] + src(p)]
+// where offsets[g][k] is where kept im2col column k of group g starts in one zero-padded
+// image, and src(p) maps a pixel of the "grid" to its offset from there (see grid_w below).
+//
+// How it runs: work items are (image, chunk of CHUNK grid pixels, group), in that order so
+// that consecutive items on a thread read the same input rows. For each tile of NR pixels,
+// an item copies its group's kept columns into a panel (the gather, into cache, never to
+// memory), then runs a register-blocked MR x NR microkernel over the panel for every block
+// of MR output rows, KC columns at a time. The epilogue adds the bias, applies the ReLU and
+// stores each pixel where it belongs in the NCHW output, skipping the wide grid's junk.
+
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+constexpr int64_t MR = 4;      // output rows per microkernel call (broadcast weights)
+constexpr int64_t NR = 24;     // pixels per microkernel call (three AVX registers)
+constexpr int64_t KC = 256;    // kept columns per microkernel call
+constexpr int64_t CHUNK = 96;  // pixels per work item (NR * 4)
+
+// c[MR][NR] (+)= w[MR rows, row stride ws][kc] * x[kc][NR]. With rows < MR, the missing rows
+// repeat the last one (their results land in rows of c that are not stored).
+inline void microkernel(int64_t kc, const float* __restrict w, int64_t ws, int64_t rows,
+                        const float* __restrict x, float* __restrict c, bool accumulate) {
+  const float* w1 = w + std::min<int64_t>(1, rows - 1) * ws;
+  const float* w2 = w + std::min<int64_t>(2, rows - 1) * ws;
+  const float* w3 = w + std::min<int64_t>(3, rows - 1) * ws;
+  __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
+  if (accumulate) {
+    c00 = _mm256_load_ps(c);      c01 = _mm256_load_ps(c + 8);  c02 = _mm256_load_ps(c + 16);
+    c10 = _mm256_load_ps(c + 24); c11 = _mm256_load_ps(c + 32); c12 = _mm256_load_ps(c + 40);
+    c20 = _mm256_load_ps(c + 48); c21 = _mm256_load_ps(c + 56); c22 = _mm256_load_ps(c + 64);
+    c30 = _mm256_load_ps(c + 72); c31 = _mm256_load_ps(c + 80); c32 = _mm256_load_ps(c + 88);
+  } else {
+    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = c30 = c31 = c32 = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < kc; ++k, x += NR) {
+    const __m256 x0 = _mm256_load_ps(x), x1 = _mm256_load_ps(x + 8), x2 = _mm256_load_ps(x + 16);
+    __m256 v = _mm256_broadcast_ss(w + k);
+    c00 = _mm256_fmadd_ps(v, x0, c00); c01 = _mm256_fmadd_ps(v, x1, c01); c02 = _mm256_fmadd_ps(v, x2, c02);
+    v = _mm256_broadcast_ss(w1 + k);
+    c10 = _mm256_fmadd_ps(v, x0, c10); c11 = _mm256_fmadd_ps(v, x1, c11); c12 = _mm256_fmadd_ps(v, x2, c12);
+    v = _mm256_broadcast_ss(w2 + k);
+    c20 = _mm256_fmadd_ps(v, x0, c20); c21 = _mm256_fmadd_ps(v, x1, c21); c22 = _mm256_fmadd_ps(v, x2, c22);
+    v = _mm256_broadcast_ss(w3 + k);
+    c30 = _mm256_fmadd_ps(v, x0, c30); c31 = _mm256_fmadd_ps(v, x1, c31); c32 = _mm256_fmadd_ps(v, x2, c32);
+  }
+  _mm256_store_ps(c, c00);      _mm256_store_ps(c + 8, c01);  _mm256_store_ps(c + 16, c02);
+  _mm256_store_ps(c + 24, c10); _mm256_store_ps(c + 32, c11); _mm256_store_ps(c + 40, c12);
+  _mm256_store_ps(c + 48, c20); _mm256_store_ps(c + 56, c21); _mm256_store_ps(c + 64, c22);
+  _mm256_store_ps(c + 72, c30); _mm256_store_ps(c + 80, c31); _mm256_store_ps(c + 88, c32);
+}
+
+struct Buffers {  // one thread's scratch: the panel and the accumulators of one tile
+  float* panel;
+  float* acc;
+  Buffers(int64_t kept, int64_t rows) {
+    panel = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * std::max<int64_t>(kept, 1) * NR));
+    acc = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * rows * NR));
+  }
+  ~Buffers() {
+    std::free(panel);
+    std::free(acc);
+  }
+  bool ok() const { return panel != nullptr && acc != nullptr; }
+};
+
+}  // namespace
+
+extern "C" {
+
+int gs_native_version() { return 1; }
+
+// Returns 0, or 1 when scratch memory could not be allocated (the output is then undefined).
+//
+// input:   batch images of in_image floats each (the zero-padded NCHW input, flattened)
+// offsets: (groups, kept) start of each kept column in one padded image
+// weight:  (groups, G, kept) packed weights, row-major
+// bias:    (groups * G,) or null
+// out:     batch images of out_image floats; output channel c starts at c * out_channel
+// Grid pixel p (0 <= p < pixels) reads input at src(p) = (p / grid_w) * src_row
+// + (p % grid_w) * src_col past each column's offset, and is stored at (p / grid_w) * dst_row
+// + (p % grid_w) when p % grid_w < valid_w (the wide grid's junk columns are not stored).
+int gs_conv2d_f32(const float* input, const int64_t* offsets, const float* weight,
+                  const float* bias, float* out, int64_t batch, int64_t in_image,
+                  int64_t out_image, int64_t groups, int64_t group_rows, int64_t kept,
+                  int64_t pixels, int64_t grid_w, int64_t src_row, int64_t src_col,
+                  int64_t valid_w, int64_t dst_row, int64_t out_channel, int relu) {
+  const int64_t chunks = (pixels + CHUNK - 1) / CHUNK;
+  const int64_t blocks = (group_rows + MR - 1) / MR;
+  int failed = 0;
+  at::parallel_for(0, batch * chunks * groups, 1, [&](int64_t begin, int64_t end) {
+    Buffers scratch(kept, blocks * MR);
+    if (!scratch.ok()) {
+      failed = 1;
+      return;
+    }
+    int64_t src[NR], run_first[NR], run_length[NR], run_dst[NR];
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t g = item % groups;
+      const int64_t chunk = (item / groups) % chunks;
+      const int64_t b = item / (groups * chunks);
+      const int64_t first = chunk * CHUNK;
+      const int64_t tiles = (std::min(CHUNK, pixels - first) + NR - 1) / NR;
+      const float* image = input + b * in_image;
+      const int64_t* off = offsets + g * kept;
+      const float* w = weight + g * group_rows * kept;
+      float* o = out + b * out_image + g * group_rows * out_channel;
+      const float* bias_g = bias ? bias + g * group_rows : nullptr;
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t q = first + t * NR;
+        const int64_t n = std::min(NR, pixels - q);
+        // where each pixel reads, and the runs of consecutive pixels it stores (no junk)
+        int64_t runs = 0;
+        {
+          int64_t row = q / grid_w, column = q % grid_w;
+          for (int64_t j = 0; j < n; ++j) {
+            src[j] = row * src_row + column * src_col;
+            if (column < valid_w) {
+              const int64_t to = row * dst_row + column;
+              if (runs > 0 && run_first[runs - 1] + run_length[runs - 1] == j &&
+                  run_dst[runs - 1] + run_length[runs - 1] == to) {
+                ++run_length[runs - 1];
+              } else {
+                run_first[runs] = j, run_length[runs] = 1, run_dst[runs] = to, ++runs;
+              }
+            }
+            if (++column == grid_w) column = 0, ++row;
+          }
+        }
+        // the gather: panel[k][0..NR) = this tile's pixels of kept column k
+        float* panel = scratch.panel;
+        if (n == NR && src[NR - 1] - src[0] == NR - 1) {
+          const float* base = image + src[0];
+          for (int64_t k = 0; k < kept; ++k) {
+            const float* s = base + off[k];
+            float* d = panel + k * NR;
+            _mm256_store_ps(d, _mm256_loadu_ps(s));
+            _mm256_store_ps(d + 8, _mm256_loadu_ps(s + 8));
+            _mm256_store_ps(d + 16, _mm256_loadu_ps(s + 16));
+          }
+        } else {
+          for (int64_t k = 0; k < kept; ++k) {
+            const float* s = image + off[k];
+            float* d = panel + k * NR;
+            int64_t j = 0;
+            for (; j < n; ++j) d[j] = s[src[j]];
+            for (; j < NR; ++j) d[j] = 0.f;
+          }
+        }
+        // the GEMM: every block of MR rows of the group over the panel
+        float* acc = scratch.acc;
+        if (kept == 0) std::memset(acc, 0, sizeof(float) * blocks * MR * NR);
+        for (int64_t k0 = 0; k0 < kept; k0 += KC) {
+          const int64_t kc = std::min(KC, kept - k0);
+          for (int64_t block = 0; block < blocks; ++block) {
+            const int64_t row = block * MR;
+            microkernel(kc, w + row * kept + k0, kept, std::min(MR, group_rows - row),
+                        panel + k0 * NR, acc + row * NR, k0 > 0);
+          }
+        }
+        // the epilogue: bias, ReLU, and each run of pixels to its place in the output
+        const __m256 zero = _mm256_setzero_ps();
+        for (int64_t r = 0; r < group_rows; ++r) {
+          const float* a = acc + r * NR;
+          float* row_out = o + r * out_channel;
+          const float add = bias_g ? bias_g[r] : 0.f;
+          const __m256 add8 = _mm256_set1_ps(add);
+          for (int64_t run = 0; run < runs; ++run) {
+            const float* from = a + run_first[run];
+            float* to = row_out + run_dst[run];
+            const int64_t length = run_length[run];
+            int64_t j = 0;
+            for (; j + 8 <= length; j += 8) {
+              __m256 v = _mm256_add_ps(_mm256_loadu_ps(from + j), add8);
+              if (relu) v = _mm256_max_ps(v, zero);
+              _mm256_storeu_ps(to + j, v);
+            }
+            for (; j < length; ++j) {
+              const float v = from[j] + add;
+              to[j] = relu && v < 0.f ? 0.f : v;
+            }
+          }
+        }
+      }
+    }
+  });
+  return failed;
+}
+
+}  // extern "C"
