@@ -1,5 +1,5 @@
-"""The native CPU kernel (``csrc/grouped_gemm.cpp``): a group-sparse conv2d as one fused
-gather + GEMM, built with the system's C++ compiler on first use and loaded with ctypes.
+"""The native CPU kernel (``csrc/grouped_gemm.cpp``): a group-sparse conv2d or linear as one
+fused gather + GEMM, built with the system's C++ compiler on first use and loaded with ctypes.
 
 Why it exists: the torch-ops kernel (``cpu.grouped_conv2d``'s fallback) writes the gathered
 columns to memory and hands G-row panels to MKL, which runs them at about 80% of its speed on
@@ -12,7 +12,7 @@ multiplies it there with an AVX2/FMA microkernel, on torch's own thread pool.
   compiler, or when the build fails, ``library()`` returns None, a warning says why (once),
   and the CPU runtime keeps to torch ops: slower, same numbers.
 
-Nothing here knows of plans or fx; ``cpu.grouped_conv2d`` decides when to call ``conv2d``.
+Nothing here knows of plans or fx; ``cpu.py`` decides when to call ``grouped_gemm``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeKernelWarning", "conv2d", "library", "status"]
+__all__ = ["NativeKernelWarning", "grouped_gemm", "library", "status"]
 
 SOURCE = Path(__file__).with_name("csrc") / "grouped_gemm.cpp"
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
@@ -116,8 +116,8 @@ def _build() -> Path:
 def _load() -> ctypes.CDLL:
     library = ctypes.CDLL(str(_build()))
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.gs_conv2d_f32.argtypes = [pointer] * 5 + [size] * 13 + [ctypes.c_int]
-    library.gs_conv2d_f32.restype = ctypes.c_int
+    library.gs_grouped_gemm_f32.argtypes = [pointer] * 5 + [size] * 15 + [ctypes.c_int]
+    library.gs_grouped_gemm_f32.restype = ctypes.c_int
     return library
 
 
@@ -157,7 +157,7 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def conv2d(
+def grouped_gemm(
     flat: torch.Tensor,
     offsets: torch.Tensor,
     weight: torch.Tensor,
@@ -166,24 +166,44 @@ def conv2d(
     *,
     batch: int,
     image: int,
+    out_image: int,
     pixels: int,
     grid: tuple[int, int, int],
     valid_w: int,
     dst_row: int,
+    strides: tuple[int, int],
     relu: bool,
+    chunk: int = 96,
 ) -> torch.Tensor:
-    """Runs the kernel into ``out`` (contiguous NCHW float32, every stored pixel written).
+    """Runs the kernel into ``out`` (contiguous float32, every stored pixel written).
 
-    ``flat``: the padded input, ``batch`` images of ``image`` floats; ``offsets``: int64
+    ``flat``: the (padded) input, ``batch`` images of ``image`` floats; ``offsets``: int64
     ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``; ``grid``: ``(grid_w,
-    src_row, src_col)``, see the C++ source for the pixel mapping."""
+    src_row, src_col)``; ``strides``: ``(row, pixel)`` of the output. The C++ source says how
+    pixels map."""
     loaded = library()
     if loaded is None:
         raise RuntimeError(status())
     groups, group_rows, kept = weight.shape
-    batch_out, channels, out_h, out_w = out.shape
+    for name, tensor in (("input", flat), ("weight", weight), ("bias", bias), ("out", out)):
+        if tensor is not None and not (
+            tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"
+        ):
+            raise TypeError(
+                f"the native kernel takes contiguous float32 CPU tensors; {name} is "
+                f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})"
+            )
+    if (
+        offsets.dtype != torch.int64
+        or not offsets.is_contiguous()
+        or offsets.numel() != groups * kept
+    ):
+        raise TypeError(
+            f"the native kernel takes contiguous int64 offsets, {groups} x {kept} of them; got "
+            f"{offsets.dtype} of shape {tuple(offsets.shape)}"
+        )
     grid_w, src_row, src_col = grid
-    failed = loaded.gs_conv2d_f32(
+    failed = loaded.gs_grouped_gemm_f32(
         flat.data_ptr(),
         offsets.data_ptr(),
         weight.data_ptr(),
@@ -191,7 +211,7 @@ def conv2d(
         out.data_ptr(),
         batch,
         image,
-        channels * out_h * out_w,
+        out_image,
         groups,
         group_rows,
         kept,
@@ -201,7 +221,8 @@ def conv2d(
         src_col,
         valid_w,
         dst_row,
-        out_h * out_w,
+        *strides,
+        chunk,
         int(relu),
     )
     if failed:

@@ -2,12 +2,13 @@
 
 Property tests over conv geometries (stride, asymmetric padding, dilation, 1x1 / 1x3 / 3x3 /
 5x5 kernels, batch 1..5, channels_last), bias or not, ReLU, 1..4 groups, and both grids and
-tile sizes of the conv kernel; linear on 2-D and 3-D inputs. float32, max relative error
-under 1e-4.
+tile sizes of the conv kernel; linear on 2-D and 3-D inputs; each on the native kernel (where
+it builds) and on the torch-ops one. float32, max relative error under 1e-4.
 """
 
 from __future__ import annotations
 
+import functools
 from unittest import mock
 
 import pytest
@@ -16,9 +17,11 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from groupsparse.runtime import cpu
+from groupsparse.runtime import cpu, native
 
 TOLERANCE = 1e-4
+# the kernels a test may draw: the torch-ops one always, the native one where it builds
+KERNELS = [False, True] if native.library() is not None else [False]
 
 
 def _group_sparse(rows: int, columns: int, groups: int, kept: int, seed: int):
@@ -66,6 +69,7 @@ def conv_cases(draw):
         "channels_last": draw(st.booleans()),
         "wide": draw(st.sampled_from([None, True, False])),
         "tile_bytes": draw(st.sampled_from([1, 2048, 1 << 23])),
+        "use_native": draw(st.sampled_from(KERNELS)),
         "seed": draw(st.integers(0, 2**16)),
     }
 
@@ -105,6 +109,7 @@ def test_grouped_conv2d_matches_masked_dense(case):
             case["relu"],
             tile_bytes=case["tile_bytes"],
             wide=case["wide"],
+            use_native=case["use_native"],
         )
     _assert_close(out, expected)
     assert out.is_contiguous()
@@ -145,11 +150,13 @@ def test_conv_batches_share_tiles(images):
     )
 
 
-def test_conv_of_an_empty_batch():
+@pytest.mark.parametrize("use_native", KERNELS)
+def test_conv_of_an_empty_batch(use_native):
     _, packed, kept_columns = _group_sparse(8, 72, 2, 18, seed=0)
     x = torch.randn(0, 8, 10, 10)
     geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
-    for kernel in (cpu.grouped_conv2d, cpu.loop_conv2d):
+    grouped = functools.partial(cpu.grouped_conv2d, use_native=use_native)
+    for kernel in (grouped, cpu.loop_conv2d):
         assert kernel(x, packed, kept_columns, torch.randn(8), geometry, True).shape == (
             0,
             8,
@@ -161,7 +168,7 @@ def test_conv_of_an_empty_batch():
 @settings(max_examples=40, deadline=None)
 @given(
     lead=st.sampled_from([(), (1,), (5,), (2, 3), (0,)]),
-    tokens=st.integers(1, 9),
+    tokens=st.sampled_from([1, 2, 7, 9, 24, 25, 150]),
     features=st.integers(1, 40),
     groups=st.integers(1, 4),
     group_rows=st.sampled_from([1, 4, 16]),
@@ -170,10 +177,22 @@ def test_conv_of_an_empty_batch():
     relu=st.booleans(),
     gather=st.sampled_from(["auto", "rows", "columns"]),
     tile_bytes=st.sampled_from([1, 200, 1 << 23]),
+    use_native=st.sampled_from(KERNELS),
     seed=st.integers(0, 2**16),
 )
 def test_grouped_linear_matches_masked_dense(
-    lead, tokens, features, groups, group_rows, kept_fraction, bias, relu, gather, tile_bytes, seed
+    lead,
+    tokens,
+    features,
+    groups,
+    group_rows,
+    kept_fraction,
+    bias,
+    relu,
+    gather,
+    tile_bytes,
+    use_native,
+    seed,
 ):
     kept = max(1, round(features * kept_fraction))
     rows = groups * group_rows
@@ -186,7 +205,14 @@ def test_grouped_linear_matches_masked_dense(
 
     with mock.patch.object(cpu, "_MIN_TILE_PIXELS", 1):  # small tiles: a few tokens each
         out = cpu.grouped_linear(
-            x, packed, kept_columns, b, relu, gather=gather, tile_bytes=tile_bytes
+            x,
+            packed,
+            kept_columns,
+            b,
+            relu,
+            gather=gather,
+            tile_bytes=tile_bytes,
+            use_native=use_native,
         )
     assert out.shape == expected.shape
     if out.numel():
@@ -198,10 +224,11 @@ def test_grouped_linear_matches_masked_dense(
 
 
 @pytest.mark.parametrize("gather", ["rows", "columns"])
-def test_linear_on_a_non_contiguous_input(gather):
+@pytest.mark.parametrize("use_native", KERNELS)
+def test_linear_on_a_non_contiguous_input(gather, use_native):
     dense, packed, kept_columns = _group_sparse(64, 48, 4, 12, seed=0)
     x = torch.randn(48, 10).t()  # (10, 48), transposed storage
-    out = cpu.grouped_linear(x, packed, kept_columns, None, gather=gather)
+    out = cpu.grouped_linear(x, packed, kept_columns, None, gather=gather, use_native=use_native)
     _assert_close(out, F.linear(x, dense))
 
 

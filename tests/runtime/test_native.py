@@ -1,0 +1,103 @@
+"""The native CPU kernel's build and its fallback: where it cannot be built or is turned off,
+the CPU runtime warns once (or, when turned off, stays quiet) and gives the same numbers
+through the torch-ops kernel. Each case runs in a fresh interpreter, since the kernel library
+is loaded once per process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from groupsparse.runtime import cpu, native
+
+# a conv and a linear by the default kernel against the torch-ops one; prints the status
+CHECK = textwrap.dedent(
+    """
+    import warnings
+    import torch
+    from groupsparse.runtime import cpu, native
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 9, 9)
+    columns = torch.stack([torch.randperm(72)[:20].sort().values for _ in range(3)])
+    weight = torch.randn(3, 5, 20)
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = cpu.grouped_conv2d(x, weight, columns, None, geometry, True)
+        cpu.grouped_conv2d(x, weight, columns, None, geometry, True)
+        tokens = torch.randn(7, 72)
+        linear = cpu.grouped_linear(tokens, weight, columns, None)
+    same = cpu.grouped_conv2d(x, weight, columns, None, geometry, True, use_native=False)
+    assert torch.allclose(out, same, rtol=1e-5, atol=1e-5)
+    expected = cpu.grouped_linear(tokens, weight, columns, None, use_native=False)
+    assert torch.allclose(linear, expected, rtol=1e-5, atol=1e-5)
+    print(native.status())
+    print("warnings:", [str(w.message) for w in caught if w.category is native.NativeKernelWarning])
+    """
+)
+
+
+def _run(tmp_path, **env) -> str:
+    environment = {**os.environ, "GROUPSPARSE_CACHE": str(tmp_path / "cache"), **env}
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK], capture_output=True, text=True, env=environment, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_turned_off_by_the_environment(tmp_path):
+    out = _run(tmp_path, GROUPSPARSE_NATIVE="0")
+    assert "not in use (turned off by GROUPSPARSE_NATIVE=0)" in out
+    assert "warnings: []" in out  # asked for: no warning
+
+
+def test_a_failed_build_warns_once_and_falls_back(tmp_path):
+    out = _run(tmp_path, CXX="false")  # a "compiler" that always fails
+    assert "not in use (the build failed" in out
+    warnings = out.splitlines()[-1]
+    assert warnings.count("native CPU kernel is unavailable") == 1, warnings
+    assert not list((tmp_path / "cache").glob("*.so"))  # nothing half-built left to load
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+def test_builds_into_the_cache_and_loads_from_it(tmp_path):
+    assert "in use" in _run(tmp_path)
+    built = list((tmp_path / "cache").glob("grouped_gemm-*.so"))
+    assert len(built) == 1
+    stamp = built[0].stat().st_mtime_ns
+    assert "in use" in _run(tmp_path)  # the second process loads it, without building again
+    assert built[0].stat().st_mtime_ns == stamp
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+def test_default_cpu_kernel_is_native_for_float32_only():
+    x = torch.randn(1, 4, 6, 6, dtype=torch.float64)
+    columns = torch.tensor([[0, 5, 9], [1, 2, 30]])
+    weight = torch.randn(2, 3, 3, dtype=torch.float64)
+    assert not cpu._native_ready(x, weight)
+    assert cpu._native_ready(x.float(), weight.float())
+    out = cpu.grouped_conv2d(x, weight, columns, None, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1))
+    assert out.dtype == torch.float64
+    with pytest.raises(TypeError, match="native kernel takes contiguous float32"):
+        native.grouped_gemm(  # insisting on float64 through the raw entry is refused up front
+            x.view(-1),
+            columns,
+            weight,
+            None,
+            out,
+            batch=1,
+            image=144,
+            out_image=216,
+            pixels=36,
+            grid=(6, 6, 1),
+            valid_w=6,
+            dst_row=6,
+            strides=(36, 1),
+            relu=False,
+        )
