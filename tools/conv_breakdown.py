@@ -7,7 +7,9 @@ analysis in the README): the VGG-16 conv 256->256 3x3 on 56x56 at 75% group-wise
 Prints the median ms (and GFLOP/s where it is a product) of, timed in turns:
 
     dense conv          F.conv2d, oneDNN's direct conv (the baseline)
-    ours                groupsparse.runtime.cpu.grouped_conv2d, the whole kernel
+    ours                groupsparse.runtime.cpu.grouped_conv2d, the whole kernel (the
+                        native fused gather + GEMM where it builds)
+    ours, torch ops     the same with use_native=False: gather to memory, then torch.bmm
     bmm G=64 / G=128    the kept GEMM alone: torch.bmm of (groups, G, k) @ (groups, k, pixels)
     mm 256 rows         the same FLOPs as one 256-row GEMM (what MKL does with more rows)
     1x1 grouped CL      the same GEMM as oneDNN's grouped 1x1 conv on channels-last data
@@ -60,6 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     packed = torch.randn(groups, 64, kept, generator=generator)
     functions["ours"] = lambda: cpu.grouped_conv2d(x, packed, columns, None, GEOMETRY)
     flops["ours"] = sparse_flops
+    functions["ours, torch ops"] = lambda: cpu.grouped_conv2d(
+        x, packed, columns, None, GEOMETRY, use_native=False
+    )
+    flops["ours, torch ops"] = sparse_flops
     for group_size in (64, 128):
         count = CHANNELS // group_size
         a = torch.randn(count, group_size, kept, generator=generator)
