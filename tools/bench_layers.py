@@ -10,7 +10,9 @@ with torch.randperm), checks each kernel's output against F.conv2d / F.linear wi
 dense weight (max relative error under 1e-4), then times in turns, in one process:
 
     dense   F.conv2d / F.linear with the masked dense weight (eager)
-    ours    groupsparse.runtime.cpu.grouped_conv2d / grouped_linear (the kernel itself)
+    ours    groupsparse.runtime.cpu.grouped_conv2d / grouped_linear (the kernel itself: the
+            native fused kernel where it builds)
+    torch   the same with use_native=False: the torch-ops kernel (index_select + torch.bmm)
     loop    loop_conv2d / loop_linear: the earlier per-group implementation
 
 Times are medians of many interleaved runs after warm-up. The kernels are timed directly,
@@ -175,6 +177,9 @@ def _case(
         functions = {
             "dense": lambda: F.conv2d(x, weight4, bias, padding=1),
             "ours": lambda: cpu.grouped_conv2d(x, packed, columns, bias, GEOMETRY_3X3),
+            "torch": lambda: cpu.grouped_conv2d(
+                x, packed, columns, bias, GEOMETRY_3X3, use_native=False
+            ),
             "loop": lambda: cpu.loop_conv2d(x, packed, columns, bias, GEOMETRY_3X3),
         }
     else:
@@ -182,6 +187,7 @@ def _case(
         functions = {
             "dense": lambda: F.linear(x, dense, bias),
             "ours": lambda: cpu.grouped_linear(x, packed, columns, bias),
+            "torch": lambda: cpu.grouped_linear(x, packed, columns, bias, use_native=False),
             "loop": lambda: cpu.loop_linear(x, packed, columns, bias),
         }
     return functions, kept / cols
@@ -194,9 +200,11 @@ class Row:
     sparsity: float
     dense_ms: float
     ours_ms: float
+    torch_ms: float
     loop_ms: float
     dense_over_ours: float
     loop_over_ours: float
+    torch_over_ours: float
     flop_bound: float
     max_rel_error: float
     busy: float
@@ -218,7 +226,7 @@ def run_case(
     with torch.no_grad():
         reference = functions["dense"]()
         error = 0.0
-        for name in ("ours", "loop"):
+        for name in ("ours", "torch", "loop"):
             out = functions[name]()
             if out.shape != reference.shape:
                 raise AssertionError(
@@ -239,9 +247,11 @@ def run_case(
         sparsity,
         medians["dense"],
         medians["ours"],
+        medians["torch"],
         medians["loop"],
         medians["dense"] / medians["ours"],
         medians["loop"] / medians["ours"],
+        medians["torch"] / medians["ours"],
         1.0 / kept_fraction,
         error,
         busy,
@@ -304,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     header = (
         f"{'layer':32s} {'G':>4s} {'sparsity':>8s} {'dense ms':>9s} {'ours ms':>9s} "
-        f"{'loop ms':>9s} {'dense/ours':>10s} {'loop/ours':>9s} {'bound':>6s} {'busy':>5s}"
+        f"{'torch ms':>9s} {'loop ms':>9s} {'dense/ours':>10s} {'loop/ours':>9s} "
+        f"{'torch/ours':>10s} {'bound':>6s} {'busy':>5s}"
     )
     print(header)
     rows: list[Row] = []
@@ -324,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(
                     f"{row.layer:32s} {row.group_size:4d} {row.sparsity:8.2f} "
-                    f"{row.dense_ms:9.3f} {row.ours_ms:9.3f} {row.loop_ms:9.3f} "
-                    f"{row.dense_over_ours:9.2f}x {row.loop_over_ours:8.2f}x "
+                    f"{row.dense_ms:9.3f} {row.ours_ms:9.3f} {row.torch_ms:9.3f} "
+                    f"{row.loop_ms:9.3f} {row.dense_over_ours:9.2f}x {row.loop_over_ours:8.2f}x "
+                    f"{row.torch_over_ours:9.2f}x "
                     f"{row.flop_bound:5.1f}x {row.busy:5.0%}  {_goal(row)}",
                     flush=True,
                 )

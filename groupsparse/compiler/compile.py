@@ -182,7 +182,8 @@ def compile_sparse(
         masks: {parameter or layer name: boolean mask}; by default the weights' zeros.
         backend: "auto" (the tensors' device), "cpu" or "cuda".
         decide: "time" (default), "cost" or "always"; see CompileOptions.
-        kernel: "grouped" (default) or "loop" (the earlier per-group implementation).
+        kernel: "grouped" (default; on the CPU the native kernel or, where timed faster, the
+            torch-ops one), "grouped_torch" or "loop" (the earlier per-group implementation).
         exclude: layer names (fnmatch patterns) to leave dense.
 
     Example::

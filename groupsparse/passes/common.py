@@ -50,14 +50,18 @@ class Refusal(str):
         return False
 
 
+KERNELS = ("grouped", "grouped_torch", "loop")
+
+
 @dataclass(frozen=True)
 class CompileOptions:
     """How compile_sparse decides and rewrites.
 
     - ``decide``: "time" (time dense and sparse on the example input; keep the faster),
       "cost" (a FLOP cost model only), "always" (rewrite every group-wise layer).
-    - ``kernel``: "grouped" (one gather + one batched GEMM) or "loop" (the earlier per-group
-      implementation; for benchmarks).
+    - ``kernel``: "grouped" (one gather + one grouped GEMM: on the CPU the native kernel, or
+      the torch-ops one where timing shows it faster), "grouped_torch" (the torch-ops kernel
+      always) or "loop" (the earlier per-group implementation; for benchmarks).
     - ``min_speedup``: a layer is rewritten only when dense/sparse time reaches it.
     - ``fuse_relu``: fold a following ReLU into the layer's kernel.
     """
@@ -72,8 +76,10 @@ class CompileOptions:
     def __post_init__(self) -> None:
         if self.decide not in ("time", "cost", "always"):
             raise ValueError(f"decide must be 'time', 'cost' or 'always'; got {self.decide!r}")
-        if self.kernel not in ("grouped", "loop"):
-            raise ValueError(f"kernel must be 'grouped' or 'loop'; got {self.kernel!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(
+                f"kernel must be one of {', '.join(map(repr, KERNELS))}; got {self.kernel!r}"
+            )
         if not self.min_speedup > 0:
             raise ValueError(f"min_speedup must be positive; got {self.min_speedup!r}")
         if not (isinstance(self.timing_runs, int) and self.timing_runs >= 1):

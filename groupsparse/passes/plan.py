@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..runtime import ops  # noqa: F401  (registers torch.ops.groupsparse)
+from ..runtime import cpu, ops  # noqa: F401  (ops registers torch.ops.groupsparse)
 from ..timing import time_side_by_side
 from .analyze import LayerStructure
 from .common import (
@@ -39,7 +39,7 @@ class LayerPlan:
     kept_fraction: float
     pattern: str
     decision: str  # "sparse" or "dense"
-    kernel: str  # "grouped", "loop" or "dense"
+    kernel: str  # "grouped", "grouped_torch", "loop" or "dense"
     reason: str
     weight: torch.Tensor | None = field(default=None, repr=False)  # (groups, G, k)
     column_index: torch.Tensor | None = field(default=None, repr=False)  # (groups, k)
@@ -153,10 +153,17 @@ def _dense_call(layer: PrunableLayer, x: torch.Tensor):
     return lambda: F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation)
 
 
+def kernel_op(kind: str, kernel: str):
+    """The custom operator that runs a ``kind`` layer ("conv2d" or "linear") with ``kernel``
+    ("grouped", "grouped_torch" or "loop"): the one map from plans to operators."""
+    suffix = {"grouped": "", "grouped_torch": "_torch", "loop": "_loop"}[kernel]
+    return getattr(torch.ops.groupsparse, kind + suffix).default
+
+
 def sparse_call(plan_: LayerPlan, x: torch.Tensor, kernel: str):
     """A zero-argument callable running the plan's kernel on ``x``."""
+    op = kernel_op(plan_.kind, kernel)
     if plan_.kind == "linear":
-        op = torch.ops.groupsparse.linear_loop if kernel == "loop" else torch.ops.groupsparse.linear
         return lambda: op(
             x,
             plan_.weight,
@@ -167,7 +174,6 @@ def sparse_call(plan_: LayerPlan, x: torch.Tensor, kernel: str):
             plan_.input_width,
             plan_.row_index,
         )
-    op = torch.ops.groupsparse.conv2d_loop if kernel == "loop" else torch.ops.groupsparse.conv2d
     geometry = list(plan_.geometry)
     return lambda: op(
         x,
@@ -245,15 +251,17 @@ def _plan_layer(
             )
         return _with(candidate, reason=f"cost model: keeps {padded_fraction:.0%} of the GEMM")
     x = x.to(weight.device)
+    kernels = [options.kernel]
+    if options.kernel == "grouped" and cpu.native_ready(x, weight):
+        kernels.append("grouped_torch")  # the CPU has two grouped kernels: keep the faster
+    calls = {"dense": _dense_call(layer, x)}
+    calls.update((kernel, sparse_call(candidate, x, kernel)) for kernel in kernels)
     with torch.no_grad():
-        # in turns, so that a machine that speeds up or slows down moves both alike
-        times = time_side_by_side(
-            {"dense": _dense_call(layer, x), "sparse": sparse_call(candidate, x, options.kernel)},
-            options.timing_runs,
-            warmup=2,
-        )
-        dense_ms, sparse_ms = times["dense"], times["sparse"]
-    timed = _with(candidate, dense_ms=dense_ms, sparse_ms=sparse_ms)
+        # in turns, so that a machine that speeds up or slows down moves all alike
+        times = time_side_by_side(calls, options.timing_runs, warmup=2)
+    kernel = min(kernels, key=times.__getitem__)
+    dense_ms, sparse_ms = times["dense"], times[kernel]
+    timed = _with(candidate, kernel=kernel, dense_ms=dense_ms, sparse_ms=sparse_ms)
     speedup = dense_ms / sparse_ms
     if speedup < options.min_speedup:
         return _dense(

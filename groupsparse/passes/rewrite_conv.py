@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import fx
 
 from .common import META_PLAN, CompileContext
+from .plan import kernel_op
 from .rewrite import replace_with_op
 
 __all__ = ["rewrite_conv"]
@@ -13,14 +13,18 @@ __all__ = ["rewrite_conv"]
 
 def rewrite_conv(gm: fx.GraphModule, context: CompileContext) -> list[str]:
     """Guarantees: every conv2d whose plan says "sparse" is a groupsparse.conv2d (or
-    conv2d_loop) call reading its plan from buffers; nothing else changes. Returns the layers."""
-    ops = torch.ops.groupsparse
+    conv2d_torch, conv2d_loop: the plan's kernel) call reading its plan from buffers; nothing
+    else changes. Returns the layers."""
     rewritten = []
     for node in list(gm.graph.nodes):
         plan = node.meta.get(META_PLAN)
         if plan is None or plan.decision != "sparse" or plan.kind != "conv2d":
             continue
-        op = ops.conv2d_loop.default if plan.kernel == "loop" else ops.conv2d.default
-        replace_with_op(gm, node, op, (list(plan.geometry), False, plan.rows, plan.input_width))
+        replace_with_op(
+            gm,
+            node,
+            kernel_op("conv2d", plan.kernel),
+            (list(plan.geometry), False, plan.rows, plan.input_width),
+        )
         rewritten.append(plan.name)
     return rewritten

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import fx
 
 from .common import META_PLAN, CompileContext
+from .plan import kernel_op
 from .rewrite import replace_with_op
 
 __all__ = ["rewrite_linear"]
@@ -13,14 +13,15 @@ __all__ = ["rewrite_linear"]
 
 def rewrite_linear(gm: fx.GraphModule, context: CompileContext) -> list[str]:
     """Guarantees: every linear whose plan says "sparse" is a groupsparse.linear (or
-    linear_loop) call reading its plan from buffers; nothing else changes. Returns the layers."""
-    ops = torch.ops.groupsparse
+    linear_torch, linear_loop: the plan's kernel) call reading its plan from buffers; nothing
+    else changes. Returns the layers."""
     rewritten = []
     for node in list(gm.graph.nodes):
         plan = node.meta.get(META_PLAN)
         if plan is None or plan.decision != "sparse" or plan.kind != "linear":
             continue
-        op = ops.linear_loop.default if plan.kernel == "loop" else ops.linear.default
-        replace_with_op(gm, node, op, (False, plan.rows, plan.input_width))
+        replace_with_op(
+            gm, node, kernel_op("linear", plan.kernel), (False, plan.rows, plan.input_width)
+        )
         rewritten.append(plan.name)
     return rewritten

@@ -5,7 +5,7 @@ wherever it builds: on the 56x56 VGG conv at 75% it is about 1.3x faster than th
 kernel below, because the gathered columns never leave the cache and its microkernel keeps
 64-row groups at full speed. Everything else (other dtypes, no compiler, no AVX2, or
 ``GROUPSPARSE_NATIVE=0``) runs the torch-ops kernel, built on PyTorch's own ops (MKL BLAS
-underneath), which the rest of this docstring describes. ``_native_ready`` is the one place
+underneath), which the rest of this docstring describes. ``native_ready`` is the one place
 that chooses.
 
 A group-sparse layer is given by a packed weight ``(groups, G, k)`` and the kept columns
@@ -52,7 +52,9 @@ __all__ = [
     "conv_output_size",
     "gather_conv_columns",
     "grouped_conv2d",
+    "grouped_conv2d_torch",
     "grouped_linear",
+    "grouped_linear_torch",
     "loop_conv2d",
     "loop_linear",
 ]
@@ -285,7 +287,7 @@ def grouped_conv2d(
     torch.Size([1, 8, 10, 10])
     """
     if use_native is None:
-        use_native = _native_ready(x, weight)
+        use_native = native_ready(x, weight)
     if use_native:
         return _native_conv2d(x, weight, columns, bias, geometry, relu)
     groups, group_rows, kept = weight.shape
@@ -360,7 +362,7 @@ def grouped_conv2d(
     return result.add_(bias.view(-1, 1, 1))
 
 
-def _native_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def native_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """The one place that decides between the native kernel and the torch-ops one."""
     return (
         x.dtype == torch.float32
@@ -481,7 +483,7 @@ def grouped_linear(
     if use_native is None:
         # the native kernel computes tokens 24 at a time: with fewer it would waste most of its
         # work, while the torch-ops kernel's small GEMMs only stream the weights
-        use_native = x.numel() >= _NATIVE_MIN_TOKENS * x.shape[-1] and _native_ready(x, weight)
+        use_native = x.numel() >= _NATIVE_MIN_TOKENS * x.shape[-1] and native_ready(x, weight)
     if use_native:
         return _native_linear(x, weight, columns, bias, relu)
     groups, group_rows, kept = weight.shape
@@ -523,6 +525,30 @@ def grouped_linear(
             part_bias = bias3 if bias3 is None or whole else bias3[group : group + width]
             _store(tile.transpose(0, 1), target, part_bias, relu)
     return out.view(*x.shape[:-1], groups * group_rows)
+
+
+def grouped_conv2d_torch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: ConvGeometry,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``grouped_conv2d`` on the torch-ops kernel, whatever the native one could do (the
+    compiler picks it per layer where it times faster)."""
+    return grouped_conv2d(x, weight, columns, bias, geometry, relu, use_native=False)
+
+
+def grouped_linear_torch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """``grouped_linear`` on the torch-ops kernel (see ``grouped_conv2d_torch``)."""
+    return grouped_linear(x, weight, columns, bias, relu, use_native=False)
 
 
 def loop_conv2d(

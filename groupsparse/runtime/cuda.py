@@ -67,7 +67,9 @@ __all__ = [
     "cuda_available",
     "gemm_types",
     "grouped_conv2d",
+    "grouped_conv2d_torch",
     "grouped_linear",
+    "grouped_linear_torch",
     "linear_gemm",
     "loop_conv2d",
     "loop_linear",
@@ -833,3 +835,8 @@ def grouped_linear(
 # is made of torch ops, which run on CUDA tensors as they are: cuBLAS per group.
 loop_conv2d = cpu.loop_conv2d
 loop_linear = cpu.loop_linear
+
+# The CPU has two grouped kernels (native, torch ops) and the compiler may pick either per
+# layer; CUDA has one, so a plan that picked the CPU's torch-ops kernel runs it here too.
+grouped_conv2d_torch = grouped_conv2d
+grouped_linear_torch = grouped_linear

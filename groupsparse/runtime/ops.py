@@ -9,6 +9,9 @@ plans as buffers of the GraphModule, and compose with torch.compile and torch.ex
 - ``groupsparse::linear(x, weight, columns, bias, relu, out_features, in_features, row_index=None)``
 - ``groupsparse::conv2d_loop`` / ``groupsparse::linear_loop``: the earlier per-group
   implementation (one gather and one GEMM per group), kept for benchmarks.
+- ``groupsparse::conv2d_torch`` / ``groupsparse::linear_torch``: ``conv2d`` / ``linear`` on the
+  CPU's torch-ops kernel rather than the native one, for layers where the compiler timed it
+  faster (on CUDA the same as ``conv2d`` / ``linear``).
 
 ``weight`` is ``(groups, G, k)``, ``columns`` the kept im2col columns ``(groups, k)``;
 output channel ``g*G + r`` is row r of group g; channels past ``out_channels`` (padding of a
@@ -25,7 +28,15 @@ import torch
 
 from . import cpu
 
-__all__ = ["BackendUnavailable", "conv2d", "conv2d_loop", "linear", "linear_loop"]
+__all__ = [
+    "BackendUnavailable",
+    "conv2d",
+    "conv2d_loop",
+    "conv2d_torch",
+    "linear",
+    "linear_loop",
+    "linear_torch",
+]
 
 
 class BackendUnavailable(RuntimeError):
@@ -166,8 +177,10 @@ def _linear_op(name: str, kernel: str):
 
 conv2d = _conv_op("conv2d", "grouped_conv2d")
 conv2d_loop = _conv_op("conv2d_loop", "loop_conv2d")
+conv2d_torch = _conv_op("conv2d_torch", "grouped_conv2d_torch")
 linear = _linear_op("linear", "grouped_linear")
 linear_loop = _linear_op("linear_loop", "loop_linear")
+linear_torch = _linear_op("linear_torch", "grouped_linear_torch")
 
 
 # The fake kernels check what the real ones check, so a meta-device input given to a module
@@ -188,9 +201,11 @@ def _no_backward(ctx, grad):
     )
 
 
-for _op in (conv2d, conv2d_loop):
+CONV_OPS = (conv2d, conv2d_loop, conv2d_torch)
+LINEAR_OPS = (linear, linear_loop, linear_torch)
+for _op in CONV_OPS:
     _op.register_fake(_fake_conv)
-for _op in (linear, linear_loop):
+for _op in LINEAR_OPS:
     _op.register_fake(_fake_linear)
-for _op in (conv2d, conv2d_loop, linear, linear_loop):
+for _op in CONV_OPS + LINEAR_OPS:
     _op.register_autograd(_no_backward)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -11,7 +12,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 import groupsparse as gs
+from groupsparse.runtime import native
 from tests.sparsify import group_sparsify, max_relative_error
+
+plan_pass = importlib.import_module("groupsparse.passes.plan")  # the module, not the pass
 
 RTOL = 1e-4
 
@@ -153,6 +157,39 @@ def test_loop_kernel_is_equivalent():
     fast = gs.compile_sparse(model, torch.randn(1, 3, 8, 8), decide="always", kernel="loop")
     assert all(row.kernel == "loop" for row in fast.report if row.decision == "sparse")
     assert "conv2d_loop" in fast.code
+    x = torch.randn(2, 3, 8, 8)
+    assert max_relative_error(fast(x), model(x)) < RTOL
+
+
+def test_torch_ops_kernel_is_equivalent():
+    model = _sparse_cnn()
+    fast = gs.compile_sparse(
+        model, torch.randn(1, 3, 8, 8), decide="always", kernel="grouped_torch"
+    )
+    assert all(row.kernel == "grouped_torch" for row in fast.report if row.decision == "sparse")
+    assert "conv2d_torch" in fast.code and "linear_torch" in fast.code
+    x = torch.randn(2, 3, 8, 8)
+    assert max_relative_error(fast(x), model(x)) < RTOL
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize("faster", ["grouped", "grouped_torch"])
+def test_timing_keeps_the_faster_cpu_kernel(faster, monkeypatch):
+    """With the native kernel built, each layer is timed on both CPU kernels (and dense), and
+    the faster one is what the rewritten graph calls."""
+    timed = []
+
+    def fake_timing(functions, runs, warmup=3):
+        timed.append(sorted(functions))
+        return {name: 1.0 if name == faster else 10.0 for name in functions}
+
+    monkeypatch.setattr(plan_pass, "time_side_by_side", fake_timing)
+    model = _sparse_cnn()
+    fast = gs.compile_sparse(model, torch.randn(1, 3, 8, 8))
+    assert timed and all(names == ["dense", "grouped", "grouped_torch"] for names in timed)
+    assert fast.report.rewritten == ["conv1", "conv2", "conv3", "fc", "head"]
+    assert {row.kernel for row in fast.report} == {faster}
+    assert ("conv2d_torch" in fast.code) == (faster == "grouped_torch")
     x = torch.randn(2, 3, 8, 8)
     assert max_relative_error(fast(x), model(x)) < RTOL
 

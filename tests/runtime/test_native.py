@@ -80,8 +80,8 @@ def test_default_cpu_kernel_is_native_for_float32_only():
     x = torch.randn(1, 4, 6, 6, dtype=torch.float64)
     columns = torch.tensor([[0, 5, 9], [1, 2, 30]])
     weight = torch.randn(2, 3, 3, dtype=torch.float64)
-    assert not cpu._native_ready(x, weight)
-    assert cpu._native_ready(x.float(), weight.float())
+    assert not cpu.native_ready(x, weight)
+    assert cpu.native_ready(x.float(), weight.float())
     out = cpu.grouped_conv2d(x, weight, columns, None, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1))
     assert out.dtype == torch.float64
     with pytest.raises(TypeError, match="native kernel takes contiguous float32"):
