@@ -1,9 +1,9 @@
 """CPU kernels for group-sparse layers.
 
 Float32 layers run the native fused gather + GEMM (``native.py``, ``csrc/grouped_gemm.cpp``)
-wherever it builds: on the 56x56 VGG conv at 75% it is about 1.3x faster than the torch-ops
-kernel below, because the gathered columns never leave the cache and its microkernel keeps
-64-row groups at full speed. Everything else (other dtypes, no compiler, no AVX2, or
+wherever it builds: on the 56x56 VGG conv at 75% it is about 1.5x faster than the torch-ops
+kernel below (``tools/bench_layers.py``'s torch/ours column), because the gathered columns
+never leave the cache and its microkernel keeps 64-row groups near full speed. Everything else (other dtypes, no compiler, no AVX2, or
 ``GROUPSPARSE_NATIVE=0``) runs the torch-ops kernel, built on PyTorch's own ops (MKL BLAS
 underneath), which the rest of this docstring describes. ``native_ready`` is the one place
 that chooses.
@@ -71,10 +71,13 @@ _MIN_TILE_PIXELS = 256
 # Below this output width, a stride-1 conv uses the wide grid (see _ConvGrid).
 _NARROW_MIN_WIDTH = 32
 # Tokens per work item of the native linear kernel: all of a 128-token sequence, so that a
-# group's weights are read once (measured on BERT's linears: 144 beat 48 and 96 by 5-15%)
+# group's weights are read once per sequence (chosen by ad-hoc timing of BERT's linears
+# against 48 and 96; not a repo command)
 _NATIVE_LINEAR_CHUNK = 144
-# ... and runs only with at least this many tokens (VGG's classifier, one token: 25088->4096
-# at 75% took 14.6 ms native, against about 5 ms for streaming the kept weights)
+# ... and runs, when called directly, only with at least this many tokens: it computes 24
+# tokens at a time, so a one-token layer wastes 23/24 of its work (VGG's classifier.0 at 75%
+# took 14.6 ms native, 1.49x of dense, in tools/bench.py's per-layer report). The compiler
+# times both kernels per layer anyway.
 _NATIVE_MIN_TOKENS = 24
 # Padded inputs this large zero only their border (F.pad fills the whole buffer first).
 _PAD_IN_PLACE_NUMEL = 1 << 18

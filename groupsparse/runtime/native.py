@@ -36,6 +36,7 @@ __all__ = ["NativeKernelWarning", "grouped_gemm", "library", "status"]
 SOURCE = Path(__file__).with_name("csrc") / "grouped_gemm.cpp"
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
+_TURNED_OFF = "turned off by GROUPSPARSE_NATIVE=0"
 _lock = threading.Lock()
 _loaded: dict[str, object] = {}  # "library": CDLL or None, "reason": why it is None
 
@@ -58,7 +59,7 @@ def _compiler() -> str | None:
 def _unsupported() -> str | None:
     """Why this machine cannot run the kernel, or None."""
     if os.environ.get("GROUPSPARSE_NATIVE", "1") == "0":
-        return "turned off by GROUPSPARSE_NATIVE=0"
+        return _TURNED_OFF
     if platform.machine() not in ("x86_64", "AMD64"):
         return f"the CPU is {platform.machine()}, the kernel is written for x86-64 AVX2"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
@@ -134,7 +135,7 @@ def library() -> ctypes.CDLL | None:
                     loaded = _load()
                 except (OSError, RuntimeError, subprocess.SubprocessError) as error:
                     reason = str(error)
-            if loaded is None and not reason.startswith("turned off"):
+            if loaded is None and reason != _TURNED_OFF:  # asked for: no warning
                 warnings.warn(
                     f"groupsparse's native CPU kernel is unavailable ({reason}); using the "
                     "torch-ops kernel (same results, slower)",
