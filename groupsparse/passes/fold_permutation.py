@@ -94,8 +94,11 @@ def _renumber(
     channel, tap = columns // taps, columns % taps
     renumbered = rows[channel] * taps + tap
     renumbered, order = renumbered.sort(dim=1)
-    weight = weight.gather(2, order[:, None, :].expand_as(weight))
-    return renumbered.contiguous(), weight.contiguous()
+    # the weight keeps its layout (a linear plan's is k-major)
+    reordered = torch.empty_like(weight).copy_(
+        weight.gather(2, order[:, None, :].expand_as(weight))
+    )
+    return renumbered.contiguous(), reordered
 
 
 def _refusal(gm: fx.GraphModule, node: fx.Node, row_position: int, consumer: fx.Node | None) -> str:

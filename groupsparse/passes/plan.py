@@ -117,7 +117,9 @@ def pack(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(groups, G, k) packed weights, (groups, k) kept columns, and where each output row sits
     in the kernel's output (None when that is row for row). Groups with fewer columns are
-    padded with zero weights (and a repeated valid column), smaller groups with zero rows."""
+    padded with zero weights (and a repeated valid column), smaller groups with zero rows.
+    A linear layer's weights on the CPU are stored k-major (``cpu.k_major``), as its native
+    kernel reads them."""
     rows, columns = layer.gemm_shape
     matrix = layer.weight.reshape(rows, columns)
     size = structure.group_size
@@ -137,7 +139,9 @@ def pack(
             index[group, count:] = group_columns[0]
         position[group_rows] = group * size + torch.arange(group_rows.numel())
     row_index = None if torch.equal(position, torch.arange(rows)) else position.to(matrix.device)
-    return weight.contiguous(), index.contiguous(), row_index
+    if layer.kind == "linear" and weight.device.type == "cpu":
+        weight = cpu.k_major(weight)
+    return weight, index.contiguous(), row_index
 
 
 def _kernel_rows(row_index: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
@@ -218,13 +222,13 @@ def _plan_layer(
     flops_dense, flops_sparse = _flops(
         layer, x, kept_total if structure.pattern == "group" else rows * columns
     )
-    base = dict(
-        name=layer.name, kind=layer.kind, rows=rows, columns=columns,
-        group_size=structure.group_size, groups=structure.groups,
-        kept_columns=max((int(c.numel()) for c in structure.group_columns), default=0),
-        kept_fraction=structure.kept_fraction, pattern=structure.pattern,
-        flops_dense=flops_dense, flops_sparse=flops_dense if structure.pattern != "group" else flops_sparse,
-    )  # fmt: skip
+    base = {
+        "name": layer.name, "kind": layer.kind, "rows": rows, "columns": columns,
+        "group_size": structure.group_size, "groups": structure.groups,
+        "kept_columns": max((int(c.numel()) for c in structure.group_columns), default=0),
+        "kept_fraction": structure.kept_fraction, "pattern": structure.pattern,
+        "flops_dense": flops_dense, "flops_sparse": flops_dense if structure.pattern != "group" else flops_sparse,
+    }  # fmt: skip
     verdict = should_rewrite(layer, structure, x)
     if not verdict:
         return LayerPlan(**base, decision="dense", kernel="dense", reason=str(verdict))

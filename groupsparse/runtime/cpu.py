@@ -1,9 +1,12 @@
 """CPU kernels for group-sparse layers.
 
-Float32 layers run the native fused gather + GEMM (``native.py``, ``csrc/grouped_gemm.cpp``)
-wherever it builds: on the 56x56 VGG conv at 75% it is about 1.5x faster than the torch-ops
-kernel below (``tools/bench_layers.py``'s torch/ours column), because the gathered columns
-never leave the cache and its microkernel keeps 64-row groups near full speed. Everything else (other dtypes, no compiler, no AVX2, or
+Float32 layers run the native fused kernels (``native.py``; ``csrc/grouped_gemm.cpp`` for
+convs, ``csrc/grouped_linear.cpp`` for linears) wherever they build: on the 56x56 VGG conv at
+75% the native kernel is about 1.5x faster than the torch-ops kernel below
+(``tools/bench_layers.py``'s torch/ours column), because the gathered columns never leave the
+cache and its microkernel keeps 64-row groups near full speed; the linear kernel reads the
+tokens where they are, with no gather and no transpose. Everything else (other dtypes, no
+compiler, no AVX2, or
 ``GROUPSPARSE_NATIVE=0``) runs the torch-ops kernel, built on PyTorch's own ops (MKL BLAS
 underneath), which the rest of this docstring describes. ``native_ready`` is the one place
 that chooses.
@@ -55,6 +58,7 @@ __all__ = [
     "grouped_conv2d_torch",
     "grouped_linear",
     "grouped_linear_torch",
+    "k_major",
     "loop_conv2d",
     "loop_linear",
 ]
@@ -70,15 +74,10 @@ _TILE_BYTES = 4 << 20
 _MIN_TILE_PIXELS = 256
 # Below this output width, a stride-1 conv uses the wide grid (see _ConvGrid).
 _NARROW_MIN_WIDTH = 32
-# Tokens per work item of the native linear kernel: all of a 128-token sequence, so that a
-# group's weights are read once per sequence (chosen by ad-hoc timing of BERT's linears
-# against 48 and 96; not a repo command)
-_NATIVE_LINEAR_CHUNK = 144
-# ... and runs, when called directly, only with at least this many tokens: it computes 24
-# tokens at a time, so a one-token layer wastes 23/24 of its work (VGG's classifier.0 at 75%
-# took 14.6 ms native, 1.49x of dense, in tools/bench.py's per-layer report). The compiler
-# times both kernels per layer anyway.
-_NATIVE_MIN_TOKENS = 24
+# Tokens per work item of the native linear kernel (balanced across the sequence in the
+# kernel): 64 keeps a 128-token sequence's items even on 2 threads while a group's weights are
+# read about once per 64 tokens.
+_NATIVE_LINEAR_CHUNK = 64
 # Padded inputs this large zero only their border (F.pad fills the whole buffer first).
 _PAD_IN_PLACE_NUMEL = 1 << 18
 
@@ -407,9 +406,16 @@ def _native_conv2d(
         grid=mapping,
         valid_w=grid.out_w,
         dst_row=grid.out_w,
-        strides=(grid.out_h * grid.out_w, 1),
+        out_channel=grid.out_h * grid.out_w,
         relu=relu,
     )
+
+
+def k_major(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``(groups, G, k)``, stored k-major: each group's ``(k, G)`` block contiguous,
+    the layout the native linear kernel reads (and the torch-ops kernel's bmm too). Plans of
+    linear layers hold their weights so; any other layout is converted on every call."""
+    return weight.transpose(1, 2).contiguous().transpose(1, 2)
 
 
 def _native_linear(
@@ -420,28 +426,17 @@ def _native_linear(
     relu: bool,
     chunk: int = _NATIVE_LINEAR_CHUNK,
 ) -> torch.Tensor:
-    """``grouped_linear`` by the native kernel: x transposed once, so that each kept column is
-    a contiguous row of tokens; the kernel writes the (tokens, features) output directly.
-    ``chunk``: tokens per work item (one group's weights are reused across its tiles)."""
+    """``grouped_linear`` by the native kernel: tokens as they are, (tokens, features) out."""
     groups, group_rows, _ = weight.shape
     features = x.shape[-1]
-    columns_t = x.reshape(-1, features).t().contiguous()  # (K, tokens)
-    count = columns_t.shape[1]
-    out = x.new_empty(count, groups * group_rows)
-    native.grouped_gemm(
-        columns_t.view(-1),
-        columns.to(torch.int64) * count,
-        weight.contiguous(),
+    tokens = x.reshape(-1, features).contiguous()
+    out = x.new_empty(tokens.shape[0], groups * group_rows)
+    native.grouped_linear(
+        tokens,
+        columns.to(torch.int64).contiguous(),
+        weight.transpose(1, 2).contiguous(),
         None if bias is None else bias.contiguous(),
         out,
-        batch=1,
-        image=columns_t.numel(),
-        out_image=out.numel(),
-        pixels=count,
-        grid=(count, 0, 1),
-        valid_w=count,
-        dst_row=0,
-        strides=(1, groups * group_rows),
         relu=relu,
         chunk=chunk,
     )
@@ -484,9 +479,7 @@ def grouped_linear(
     if gather not in ("auto", "rows", "columns"):
         raise ValueError(f"gather must be 'auto', 'rows' or 'columns'; got {gather!r}")
     if use_native is None:
-        # the native kernel computes tokens 24 at a time: with fewer it would waste most of its
-        # work, while the torch-ops kernel's small GEMMs only stream the weights
-        use_native = x.numel() >= _NATIVE_MIN_TOKENS * x.shape[-1] and native_ready(x, weight)
+        use_native = native_ready(x, weight)
     if use_native:
         return _native_linear(x, weight, columns, bias, relu)
     groups, group_rows, kept = weight.shape

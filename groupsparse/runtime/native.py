@@ -1,5 +1,6 @@
-"""The native CPU kernel (``csrc/grouped_gemm.cpp``): a group-sparse conv2d or linear as one
-fused gather + GEMM, built with the system's C++ compiler on first use and loaded with ctypes.
+"""The native CPU kernels (``csrc/``): a group-sparse conv2d (``grouped_gemm.cpp``) or linear
+(``grouped_linear.cpp``) as one fused gather + GEMM, built with the system's C++ compiler on
+first use and loaded with ctypes.
 
 Why it exists: the torch-ops kernel (``cpu.grouped_conv2d``'s fallback) writes the gathered
 columns to memory and hands G-row panels to MKL, which runs them at about 80% of its speed on
@@ -31,9 +32,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeKernelWarning", "grouped_gemm", "library", "status"]
+__all__ = ["NativeKernelWarning", "grouped_gemm", "grouped_linear", "library", "status"]
 
-SOURCE = Path(__file__).with_name("csrc") / "grouped_gemm.cpp"
+SOURCES = tuple(
+    Path(__file__).with_name("csrc") / name for name in ("grouped_gemm.cpp", "grouped_linear.cpp")
+)
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
 _TURNED_OFF = "turned off by GROUPSPARSE_NATIVE=0"
@@ -71,7 +74,7 @@ def _unsupported() -> str | None:
     return None
 
 
-def _command(compiler: str, source: Path, target: Path) -> list[str]:
+def _command(compiler: str, sources: tuple[Path, ...], target: Path) -> list[str]:
     from torch.utils import cpp_extension
 
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
@@ -81,7 +84,7 @@ def _command(compiler: str, source: Path, target: Path) -> list[str]:
         *_FLAGS,
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *(f"-I{path}" for path in cpp_extension.include_paths()),
-        str(source),
+        *(str(source) for source in sources),
         "-o",
         str(target),
         *(f"-L{path}" for path in libraries),
@@ -96,7 +99,8 @@ def _build() -> Path:
     compiler = _compiler()
     assert compiler is not None
     key = hashlib.sha256()
-    key.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        key.update(source.read_bytes())
     key.update(" ".join([compiler, *_FLAGS, torch.__version__]).encode())
     target = _cache_dir() / f"grouped_gemm-{key.hexdigest()[:16]}.so"
     if target.exists():
@@ -106,7 +110,7 @@ def _build() -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
         done = subprocess.run(
-            _command(compiler, SOURCE, partial), capture_output=True, text=True, check=False
+            _command(compiler, SOURCES, partial), capture_output=True, text=True, check=False
         )
         if done.returncode != 0:
             raise RuntimeError(f"the build failed:\n{done.stderr.strip()[-2000:]}")
@@ -117,8 +121,10 @@ def _build() -> Path:
 def _load() -> ctypes.CDLL:
     library = ctypes.CDLL(str(_build()))
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.gs_grouped_gemm_f32.argtypes = [pointer] * 5 + [size] * 15 + [ctypes.c_int]
+    library.gs_grouped_gemm_f32.argtypes = [pointer] * 5 + [size] * 14 + [ctypes.c_int]
     library.gs_grouped_gemm_f32.restype = ctypes.c_int
+    library.gs_grouped_linear_f32.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_int]
+    library.gs_grouped_linear_f32.restype = None
     return library
 
 
@@ -158,6 +164,35 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _checked(
+    flat: torch.Tensor,
+    index: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    count: int,
+) -> ctypes.CDLL:
+    """The library, once every tensor is as the raw entry points take them (else TypeError):
+    float32 contiguous CPU tensors, and ``count`` contiguous int64 indices."""
+    loaded = library()
+    if loaded is None:
+        raise RuntimeError(status())
+    for name, tensor in (("input", flat), ("weight", weight), ("bias", bias), ("out", out)):
+        if tensor is not None and not (
+            tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"
+        ):
+            raise TypeError(
+                f"the native kernel takes contiguous float32 CPU tensors; {name} is "
+                f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})"
+            )
+    if index.dtype != torch.int64 or not index.is_contiguous() or index.numel() != count:
+        raise TypeError(
+            f"the native kernel takes {count} contiguous int64 indices; got {index.dtype} of "
+            f"shape {tuple(index.shape)}"
+        )
+    return loaded
+
+
 def grouped_gemm(
     flat: torch.Tensor,
     offsets: torch.Tensor,
@@ -172,7 +207,7 @@ def grouped_gemm(
     grid: tuple[int, int, int],
     valid_w: int,
     dst_row: int,
-    strides: tuple[int, int],
+    out_channel: int,
     relu: bool,
     chunk: int = 96,
 ) -> torch.Tensor:
@@ -180,29 +215,10 @@ def grouped_gemm(
 
     ``flat``: the (padded) input, ``batch`` images of ``image`` floats; ``offsets``: int64
     ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``; ``grid``: ``(grid_w,
-    src_row, src_col)``; ``strides``: ``(row, pixel)`` of the output. The C++ source says how
+    src_row, src_col)``; ``out_channel``: the output's channel stride. The C++ source says how
     pixels map."""
-    loaded = library()
-    if loaded is None:
-        raise RuntimeError(status())
     groups, group_rows, kept = weight.shape
-    for name, tensor in (("input", flat), ("weight", weight), ("bias", bias), ("out", out)):
-        if tensor is not None and not (
-            tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"
-        ):
-            raise TypeError(
-                f"the native kernel takes contiguous float32 CPU tensors; {name} is "
-                f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})"
-            )
-    if (
-        offsets.dtype != torch.int64
-        or not offsets.is_contiguous()
-        or offsets.numel() != groups * kept
-    ):
-        raise TypeError(
-            f"the native kernel takes contiguous int64 offsets, {groups} x {kept} of them; got "
-            f"{offsets.dtype} of shape {tuple(offsets.shape)}"
-        )
+    loaded = _checked(flat, offsets, weight, bias, out, groups * kept)
     grid_w, src_row, src_col = grid
     failed = loaded.gs_grouped_gemm_f32(
         flat.data_ptr(),
@@ -222,10 +238,49 @@ def grouped_gemm(
         src_col,
         valid_w,
         dst_row,
-        *strides,
+        out_channel,
         chunk,
         int(relu),
     )
     if failed:
         raise MemoryError("groupsparse's native CPU kernel could not allocate its scratch")
+    return out
+
+
+def grouped_linear(
+    x: torch.Tensor,
+    columns: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    *,
+    relu: bool,
+    chunk: int = 64,
+) -> torch.Tensor:
+    """Runs the linear kernel into ``out``: ``x`` (tokens, K) and ``out`` (tokens, groups*G),
+    contiguous float32; ``columns`` int64 ``(groups, k)``; ``weight`` contiguous float32
+    ``(groups, k, G)`` (k-major: ``cpu.k_major(weight)`` stores a ``(groups, G, k)`` weight so);
+    ``chunk`` tokens per work item."""
+    groups, kept, group_rows = weight.shape
+    loaded = _checked(x, columns, weight, bias, out, groups * kept)
+    tokens = x.shape[0]
+    if x.dim() != 2 or out.shape != (tokens, groups * group_rows):
+        raise TypeError(
+            f"the native linear kernel takes x (tokens, K) and out (tokens, {groups * group_rows}); "
+            f"got {tuple(x.shape)} and {tuple(out.shape)}"
+        )
+    loaded.gs_grouped_linear_f32(
+        x.data_ptr(),
+        columns.data_ptr(),
+        weight.data_ptr(),
+        _address(bias),
+        out.data_ptr(),
+        tokens,
+        x.shape[1],
+        groups,
+        group_rows,
+        kept,
+        chunk,
+        int(relu),
+    )
     return out

@@ -168,10 +168,11 @@ def test_conv_of_an_empty_batch(use_native):
 @settings(max_examples=40, deadline=None)
 @given(
     lead=st.sampled_from([(), (1,), (5,), (2, 3), (0,)]),
-    tokens=st.sampled_from([1, 2, 7, 9, 24, 25, 150]),
+    tokens=st.sampled_from([1, 2, 6, 7, 9, 13, 24, 25, 150]),
     features=st.integers(1, 40),
     groups=st.integers(1, 4),
-    group_rows=st.sampled_from([1, 4, 16]),
+    group_rows=st.sampled_from([1, 4, 16, 20, 64]),
+    k_major=st.booleans(),
     kept_fraction=st.sampled_from([0.1, 0.25, 0.5, 1.0]),
     bias=st.booleans(),
     relu=st.booleans(),
@@ -193,10 +194,12 @@ def test_grouped_linear_matches_masked_dense(
     tile_bytes,
     use_native,
     seed,
+    k_major,
 ):
     kept = max(1, round(features * kept_fraction))
     rows = groups * group_rows
     dense, packed, kept_columns = _group_sparse(rows, features, groups, kept, seed)
+    packed = cpu.k_major(packed) if k_major else packed  # as plans hold it, or plain
     generator = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(*lead, tokens, features, generator=generator)
     b = torch.randn(rows, generator=generator) if bias else None

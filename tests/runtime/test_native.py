@@ -98,6 +98,23 @@ def test_default_cpu_kernel_is_native_for_float32_only():
             grid=(6, 6, 1),
             valid_w=6,
             dst_row=6,
-            strides=(36, 1),
+            out_channel=36,
             relu=False,
         )
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+def test_linear_entry_checks_its_tensors():
+    x = torch.randn(5, 12)
+    columns = torch.tensor([[0, 3, 7], [1, 2, 11]])
+    weight = torch.randn(2, 3, 4)  # (groups, k, G): k-major
+    out = torch.empty(5, 8)
+    native.grouped_linear(x, columns, weight, None, out, relu=False)
+    expected = torch.cat([x[:, columns[g]] @ weight[g] for g in range(2)], dim=1)
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(TypeError, match="contiguous float32"):
+        native.grouped_linear(x.double(), columns, weight, None, out, relu=False)
+    with pytest.raises(TypeError, match="6 contiguous int64 indices"):
+        native.grouped_linear(x, columns.int(), weight, None, out, relu=False)
+    with pytest.raises(TypeError, match=r"out \(tokens, 8\)"):
+        native.grouped_linear(x, columns, weight, None, torch.empty(5, 9), relu=False)

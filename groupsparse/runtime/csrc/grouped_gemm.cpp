@@ -1,4 +1,5 @@
-// groupsparse's native CPU kernel: a group-sparse conv2d (or linear) as one fused gather + GEMM.
+// groupsparse's native CPU kernel: a group-sparse conv2d as one fused gather + GEMM (the
+// linear layer has its own, grouped_linear.cpp).
 //
 // Built on first use by groupsparse/runtime/native.py (g++ -O3 -mavx2 -mfma -fopenmp, torch's
 // headers for at::parallel_for, so it shares torch's thread pool and torch.set_num_threads).
@@ -63,57 +64,6 @@ inline void microkernel(int64_t kc, const float* __restrict w, int64_t ws, int64
   _mm256_store_ps(c + 72, c30); _mm256_store_ps(c + 80, c31); _mm256_store_ps(c + 88, c32);
 }
 
-// r[0..8) = the columns of the 8x8 block whose rows are r[0..8)
-inline void transpose8(__m256 r[8]) {
-  __m256 t[8], u[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4) {
-    u[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-    u[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-    u[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-    u[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x20);
-    r[i + 4] = _mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
-  }
-}
-
-// One row block's epilogue when the output is pixel-major (a linear layer's (tokens,
-// features)): acc[r][first + j] + bias[r] -> to[j * stride + r], 8x8 blocks at a time.
-inline void store_transposed(const float* acc, const float* bias, int64_t rows, int64_t first,
-                             int64_t length, float* to, int64_t stride, bool relu) {
-  const __m256 zero = _mm256_setzero_ps();
-  int64_t j = 0;
-  for (; j + 8 <= length; j += 8) {
-    int64_t r = 0;
-    for (; r + 8 <= rows; r += 8) {
-      __m256 v[8];
-      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(acc + (r + i) * NR + first + j);
-      transpose8(v);
-      const __m256 add = bias ? _mm256_loadu_ps(bias + r) : zero;
-      for (int i = 0; i < 8; ++i) {
-        __m256 x = _mm256_add_ps(v[i], add);
-        if (relu) x = _mm256_max_ps(x, zero);
-        _mm256_storeu_ps(to + (j + i) * stride + r, x);
-      }
-    }
-    for (; r < rows; ++r)
-      for (int64_t i = j; i < j + 8; ++i) {
-        const float x = acc[r * NR + first + i] + (bias ? bias[r] : 0.f);
-        to[i * stride + r] = relu && x < 0.f ? 0.f : x;
-      }
-  }
-  for (; j < length; ++j)
-    for (int64_t r = 0; r < rows; ++r) {
-      const float x = acc[r * NR + first + j] + (bias ? bias[r] : 0.f);
-      to[j * stride + r] = relu && x < 0.f ? 0.f : x;
-    }
-}
-
 struct Buffers {  // one thread's scratch: the panel and the accumulators of one tile
   float* panel;
   float* acc;
@@ -132,7 +82,7 @@ struct Buffers {  // one thread's scratch: the panel and the accumulators of one
 
 extern "C" {
 
-int gs_native_version() { return 1; }
+int gs_native_version() { return 2; }
 
 // Returns 0, or 1 when scratch memory could not be allocated (the output is then undefined).
 //
@@ -144,14 +94,13 @@ int gs_native_version() { return 1; }
 // Grid pixel p (0 <= p < pixels) reads input at src(p) = (p / grid_w) * src_row
 // + (p % grid_w) * src_col past each column's offset, and is stored at (p / grid_w) * dst_row
 // + (p % grid_w) when p % grid_w < valid_w (the wide grid's junk columns are not stored).
-// Output row r, stored pixel d: out[r * out_channel + d * pixel_stride] (NCHW: pixel_stride
-// 1; a linear layer's (tokens, features): out_channel 1, pixel_stride the feature count).
+// Output row r, stored pixel d: out[r * out_channel + d] (NCHW).
 int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float* weight,
                   const float* bias, float* out, int64_t batch, int64_t in_image,
                   int64_t out_image, int64_t groups, int64_t group_rows, int64_t kept,
                   int64_t pixels, int64_t grid_w, int64_t src_row, int64_t src_col,
                   int64_t valid_w, int64_t dst_row, int64_t out_channel,
-                  int64_t pixel_stride, int64_t chunk_pixels, int relu) {
+                  int64_t chunk_pixels, int relu) {
   const int64_t CHUNK = std::max<int64_t>(NR, chunk_pixels / NR * NR);
   const int64_t chunks = (pixels + CHUNK - 1) / CHUNK;
   const int64_t blocks = (group_rows + MR - 1) / MR;
@@ -227,12 +176,6 @@ int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float*
           }
         }
         // the epilogue: bias, ReLU, and each run of pixels to its place in the output
-        if (pixel_stride != 1) {
-          for (int64_t run = 0; run < runs; ++run)
-            store_transposed(acc, bias_g, group_rows, run_first[run], run_length[run],
-                             o + run_dst[run] * pixel_stride, pixel_stride, relu);
-          continue;
-        }
         const __m256 zero = _mm256_setzero_ps();
         for (int64_t r = 0; r < group_rows; ++r) {
           const float* a = acc + r * NR;
