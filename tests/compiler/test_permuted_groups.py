@@ -120,9 +120,8 @@ class _Mlp(nn.Module):
 
 def _linear_weights_k_major(fast) -> list[bool]:
     ops = (torch.ops.groupsparse.linear.default, torch.ops.groupsparse.linear_torch.default)
-    weights = [
-        getattr(fast, node.args[1].target) for node in fast.graph.nodes if node.target in ops
-    ]
+    gm = fast.graph_module
+    weights = [getattr(gm, node.args[1].target) for node in gm.graph.nodes if node.target in ops]
     assert weights
     return [w.transpose(1, 2).is_contiguous() for w in weights]
 
