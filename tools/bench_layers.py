@@ -184,6 +184,7 @@ def _case(
         }
     else:
         x = torch.randn(batch, layer.size, layer.in_features, generator=generator)
+        packed = cpu.k_major(packed)  # as the compiler's linear plans hold it
         functions = {
             "dense": lambda: F.linear(x, dense, bias),
             "ours": lambda: cpu.grouped_linear(x, packed, columns, bias),

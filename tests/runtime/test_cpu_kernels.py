@@ -171,7 +171,7 @@ def test_conv_of_an_empty_batch(use_native):
     tokens=st.sampled_from([1, 2, 6, 7, 9, 13, 24, 25, 150]),
     features=st.integers(1, 40),
     groups=st.integers(1, 4),
-    group_rows=st.sampled_from([1, 4, 16, 20, 64]),
+    group_rows=st.sampled_from([1, 4, 16, 20, 64, 130]),
     k_major=st.booleans(),
     kept_fraction=st.sampled_from([0.1, 0.25, 0.5, 1.0]),
     bias=st.booleans(),

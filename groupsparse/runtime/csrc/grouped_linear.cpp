@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -32,42 +33,47 @@ inline void lane_masks(int64_t rows, __m256i& low, __m256i& high) {
   high = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(rows) - 8), lanes);
 }
 
-// out[t][0..rows) = bias[0..rows) + sum over kc columns of x[t][col[k]] * w[k * ws + 0..rows),
-// then the ReLU, for the tokens of one tile (tokens <= MT; missing tokens repeat the last, and
-// are not stored).
+// panel[k][t] = x[t][col[k]] for the kept columns and the tokens of one tile (tokens <= MT;
+// the missing ones repeat the last): the tile's inputs, contiguous and in the order the
+// microkernel reads them, so every block of features reads them from L1.
+inline void gather_tile(const float* x, int64_t x_stride, int64_t tokens,
+                        const int64_t* __restrict col, int64_t kept, float* __restrict panel) {
+  const float* row[MT];
+  for (int64_t t = 0; t < MT; ++t) row[t] = x + std::min(t, tokens - 1) * x_stride;
+  for (int64_t k = 0; k < kept; ++k, panel += MT) {
+    const int64_t j = col[k];
+    for (int64_t t = 0; t < MT; ++t) panel[t] = row[t][j];
+  }
+}
+
+// out[t][0..rows) = bias[0..rows) + sum over kept columns k of panel[k][t] * w[k * ws + 0..rows),
+// then the ReLU, for the tokens of one tile (the first `tokens` of MT are stored).
 template <bool FULL>
-inline void microkernel(int64_t kc, const float* const* x, const int64_t* __restrict col,
-                        const float* __restrict w, int64_t ws, int64_t rows, int64_t tokens,
-                        float* out, int64_t out_stride, const float* bias, bool relu) {
+inline void microkernel(int64_t kept, const float* __restrict panel, const float* __restrict w,
+                        int64_t ws, int64_t rows, int64_t tokens, float* out, int64_t out_stride,
+                        const float* bias, bool relu) {
   __m256i low, high;
   lane_masks(rows, low, high);
-  const float* x0 = x[0];
-  const float* x1 = x[std::min<int64_t>(1, tokens - 1)];
-  const float* x2 = x[std::min<int64_t>(2, tokens - 1)];
-  const float* x3 = x[std::min<int64_t>(3, tokens - 1)];
-  const float* x4 = x[std::min<int64_t>(4, tokens - 1)];
-  const float* x5 = x[std::min<int64_t>(5, tokens - 1)];
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00,
          c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (int64_t k = 0; k < kc; ++k, w += ws) {
-    const int64_t j = col[k];
+  for (int64_t k = 0; k < kept; ++k, w += ws, panel += MT) {
     __m256 w0, w1;
     if (FULL) {
       w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
     } else {
       w0 = _mm256_maskload_ps(w, low), w1 = _mm256_maskload_ps(w + 8, high);
     }
-    __m256 v = _mm256_broadcast_ss(x0 + j);
+    __m256 v = _mm256_broadcast_ss(panel);
     c00 = _mm256_fmadd_ps(v, w0, c00); c01 = _mm256_fmadd_ps(v, w1, c01);
-    v = _mm256_broadcast_ss(x1 + j);
+    v = _mm256_broadcast_ss(panel + 1);
     c10 = _mm256_fmadd_ps(v, w0, c10); c11 = _mm256_fmadd_ps(v, w1, c11);
-    v = _mm256_broadcast_ss(x2 + j);
+    v = _mm256_broadcast_ss(panel + 2);
     c20 = _mm256_fmadd_ps(v, w0, c20); c21 = _mm256_fmadd_ps(v, w1, c21);
-    v = _mm256_broadcast_ss(x3 + j);
+    v = _mm256_broadcast_ss(panel + 3);
     c30 = _mm256_fmadd_ps(v, w0, c30); c31 = _mm256_fmadd_ps(v, w1, c31);
-    v = _mm256_broadcast_ss(x4 + j);
+    v = _mm256_broadcast_ss(panel + 4);
     c40 = _mm256_fmadd_ps(v, w0, c40); c41 = _mm256_fmadd_ps(v, w1, c41);
-    v = _mm256_broadcast_ss(x5 + j);
+    v = _mm256_broadcast_ss(panel + 5);
     c50 = _mm256_fmadd_ps(v, w0, c50); c51 = _mm256_fmadd_ps(v, w1, c51);
   }
   const __m256 c[MT][2] = {{c00, c01}, {c10, c11}, {c20, c21},
@@ -87,6 +93,36 @@ inline void microkernel(int64_t kc, const float* const* x, const int64_t* __rest
     } else {
       _mm256_maskstore_ps(o, low, y0), _mm256_maskstore_ps(o + 8, high, y1);
     }
+  }
+}
+
+// One token (a batch-1 classifier, say): out[0..rows) = bias + sum over kept columns k of
+// x[col[k]] * w[k * ws + 0..rows), rows <= 64, then the ReLU. Each kept column's weights are
+// read whole (rows contiguous floats), so the weights stream from memory in order.
+template <bool FULL>
+inline void row_kernel(int64_t kept, const float* __restrict x, const int64_t* __restrict col,
+                       const float* __restrict w, int64_t ws, int64_t rows, float* out,
+                       const float* bias, bool relu) {
+  constexpr int V = 8;
+  __m256i mask[V];
+  for (int i = 0; i < V; ++i) {
+    __m256i low, high;
+    lane_masks(rows - 8 * i, low, high);
+    mask[i] = low;
+  }
+  __m256 c[V];
+  for (int i = 0; i < V; ++i) c[i] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < kept; ++k, w += ws) {
+    const __m256 v = _mm256_broadcast_ss(x + col[k]);
+    for (int i = 0; i < V; ++i)
+      c[i] = _mm256_fmadd_ps(v, FULL ? _mm256_loadu_ps(w + 8 * i) : _mm256_maskload_ps(w + 8 * i, mask[i]), c[i]);
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  for (int i = 0; i < V; ++i) {
+    __m256 y = c[i];
+    if (bias != nullptr) y = _mm256_add_ps(y, _mm256_maskload_ps(bias + 8 * i, mask[i]));
+    if (relu) y = _mm256_max_ps(y, zero);
+    _mm256_maskstore_ps(out + 8 * i, mask[i], y);
   }
 }
 
@@ -114,7 +150,7 @@ void gs_grouped_linear_f32(const float* x, const int64_t* columns, const float* 
   // feature blocks whose weights stay in L2 while every tile of tokens passes over them
   const int64_t panel = std::max<int64_t>(NR, PANEL_FLOATS / std::max<int64_t>(kept, 1) / NR * NR);
   at::parallel_for(0, chunks * groups, 1, [&](int64_t begin, int64_t end) {
-    const float* rows_of_x[MT];
+    std::vector<float> tile(std::max<int64_t>(kept, 1) * MT);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t g = item % groups;
       const int64_t first = (item / groups) * chunk;
@@ -123,21 +159,33 @@ void gs_grouped_linear_f32(const float* x, const int64_t* columns, const float* 
       const float* w = weight + g * kept * group_rows;
       const float* bias_g = bias ? bias + g * group_rows : nullptr;
       float* out_g = out + g * group_rows;
+      if (last - first == 1) {  // one token: no tile to reuse, stream the weights in order
+        for (int64_t r0 = 0; r0 < group_rows; r0 += 64) {
+          const int64_t rows = std::min<int64_t>(64, group_rows - r0);
+          float* o = out_g + first * out_stride + r0;
+          const float* b = bias_g ? bias_g + r0 : nullptr;
+          if (rows == 64 && group_rows == 64)
+            row_kernel<true>(kept, x + first * x_stride, col, w + r0, group_rows, rows, o, b, relu);
+          else
+            row_kernel<false>(kept, x + first * x_stride, col, w + r0, group_rows, rows, o, b, relu);
+        }
+        continue;
+      }
       for (int64_t p0 = 0; p0 < group_rows; p0 += panel) {
         const int64_t p1 = std::min(group_rows, p0 + panel);
         for (int64_t t0 = first; t0 < last; t0 += MT) {
           const int64_t n = std::min(MT, last - t0);
-          for (int64_t t = 0; t < n; ++t) rows_of_x[t] = x + (t0 + t) * x_stride;
+          gather_tile(x + t0 * x_stride, x_stride, n, col, kept, tile.data());
           for (int64_t r0 = p0; r0 < p1; r0 += NR) {
             const int64_t rows = std::min(NR, group_rows - r0);
             float* o = out_g + t0 * out_stride + r0;
             const float* b = bias_g ? bias_g + r0 : nullptr;
             if (rows == NR)
-              microkernel<true>(kept, rows_of_x, col, w + r0, group_rows, rows, n, o, out_stride,
-                                b, relu);
+              microkernel<true>(kept, tile.data(), w + r0, group_rows, rows, n, o, out_stride, b,
+                                relu);
             else
-              microkernel<false>(kept, rows_of_x, col, w + r0, group_rows, rows, n, o,
-                                 out_stride, b, relu);
+              microkernel<false>(kept, tile.data(), w + r0, group_rows, rows, n, o, out_stride,
+                                 b, relu);
           }
         }
       }
