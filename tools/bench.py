@@ -512,6 +512,12 @@ def _label(method: str, results: dict[str, Any]) -> str:
     return label
 
 
+def _commands(results: dict[str, Any]) -> list[str]:
+    """The commands that made the cells present, each once (a merged file holds several runs)."""
+    made = [cell.get("command", results["settings"]["command"]) for cell in results["cells"]]
+    return list(dict.fromkeys(made)) or [results["settings"]["command"]]
+
+
 def markdown_table(results: dict[str, Any]) -> str:
     """model x sparsity rows, one column per method: median ms and speedup vs dense eager."""
     methods = [m for m in METHODS if any(m in cell["methods"] for cell in results["cells"])]
@@ -522,8 +528,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             f"eager); {machine['cpu']}, {settings['threads']} threads, batch {settings['batch']}, "
             f"float32, group size {settings['group_size']}, torch {machine['torch']}."
         ),
-        f"Command: `{settings['command']}`"
-        + "".join(f", merged with `{command}`" for command in results.get("merged_commands", [])),
+        "Commands: " + ", ".join(f"`{command}`" for command in _commands(results)),
         "",
         "| model | sparsity | " + " | ".join(_label(m, results) for m in methods) + " |",
         "|---|---|" + "---|" * len(methods),
@@ -780,9 +785,8 @@ def _merge_earlier(results: dict[str, Any], out: Path, args: argparse.Namespace)
         )
     redone = {(spec, sparsity) for spec in args.models for sparsity in args.sparsities}
     results["cells"] = [c for c in earlier["cells"] if (c["model"], c["sparsity"]) not in redone]
-    results["merged_commands"] = earlier.get("merged_commands", []) + [
-        earlier["settings"]["command"]
-    ]
+    for cell in results["cells"]:
+        cell.setdefault("command", earlier["settings"]["command"])
     print(f"bench: --merge keeps {len(results['cells'])} model/sparsity results from {path}")
 
 
@@ -862,6 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results["cells"].append(
                         {
                             "model": spec,
+                            "command": command.strip(),
                             "sparsity": sparsity,
                             "error": failed.error,
                             "methods": {},
@@ -896,7 +901,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             entry["speedup_vs_dense"] = dense_ms / stats[name]["median_ms"]
                     methods[name] = entry
                 results["cells"].append({
-                    "model": spec, "model_name": model_name, "model_args": model_args, "sparsity": sparsity, "nm": cell.nm,
+                    "model": spec, "command": command.strip(), "model_name": model_name, "model_args": model_args, "sparsity": sparsity, "nm": cell.nm,
                     "input_shapes": [list(x.shape) for x in example], "excluded_layers": exclude,
                     "prune_s": cell.prune_s, "timing_s": round(timing_s, 1), "compiles_during_timing": compiles_during_timing, "methods": methods, "layers": cell.layers,
                     "layers_torch_compile": cell.layers_torch_compile,

@@ -71,6 +71,8 @@ LAYERS = (
     Layer("bert linear 768->3072 x128", "linear", 768, 3072, 128),
     Layer("bert linear 3072->768 x128", "linear", 3072, 768, 128),
     Layer("bert linear 768->768 x128", "linear", 768, 768, 128),
+    # not in issue 3's list: VGG-16's first classifier linear at batch 1 (one token)
+    Layer("vgg16 linear 25088->4096 x1", "linear", 25088, 4096, 1),
 )
 GEOMETRY_3X3 = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
 

@@ -168,7 +168,8 @@ def test_merge_keeps_what_is_not_redone_and_refuses_other_settings(bench, tmp_pa
     args = argparse.Namespace(models=["b"], sparsities=[0.5])
     now = results(10, [])
     bench._merge_earlier(now, tmp_path, args)
-    assert now["cells"] == [{"model": "a", "sparsity": 0.5}]
-    assert now["merged_commands"] == ["runs 10"]
+    assert now["cells"] == [{"model": "a", "sparsity": 0.5, "command": "runs 10"}]
+    now["cells"].append({"model": "b", "sparsity": 0.5, "command": "runs 10 again", "methods": {}})
+    assert bench._commands(now) == ["runs 10", "runs 10 again"]
     with pytest.raises(SystemExit, match="another runs"):
         bench._merge_earlier(results(3, []), tmp_path, args)
