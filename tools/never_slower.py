@@ -45,7 +45,8 @@ def main() -> None:
             x = torch.randn(shape)
             fast = gs.compile_sparse(layer, x)
             decision = fast.report.rows[0].decision
-            times = time_side_by_side({"dense": lambda: layer(x), "compiled": lambda: fast(x)}, args.runs)
+            runs = {"dense": lambda layer=layer, x=x: layer(x), "compiled": lambda fast=fast, x=x: fast(x)}
+            times = time_side_by_side(runs, args.runs)
             print(f"{name:32s} {sparsity:8.1f}  {decision:8s}  {times['dense'] / times['compiled']:.3f}x")
 
 

@@ -54,6 +54,7 @@ def groupsparse_backend(
         decide=options.get("decide", "time" if all_real else "cost"),
         kernel=options.get("kernel", "grouped"),
         min_speedup=options.get("min_speedup", 1.05),
+        native_pooling=not options.get("inductor", True),  # Inductor generates its own pools
     )
     context = CompileContext(
         options=compile_options,

@@ -43,7 +43,7 @@ def _export(model: nn.Module, example_inputs: tuple[Any, ...]) -> fx.GraphModule
         with torch.no_grad():
             module(*example_inputs)  # some guards still refuse the example itself (N > 1)
         return module
-    except Exception:  # some models only export with static sizes: the example's own
+    except Exception:  # noqa: BLE001 (some models export only with the example's static sizes)
         return torch.export.export(model, example_inputs, strict=False).module()
 
 
@@ -67,12 +67,12 @@ def capture(
     if how in ("auto", "symbolic_trace"):
         try:
             return _without_string_annotations(fx.symbolic_trace(model)), "symbolic_trace"
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (tracing fails in many ways; all are reported)
             errors.append(f"symbolic_trace: {type(error).__name__}: {error}")
     if how in ("auto", "export"):
         try:
             return _export(model, example_inputs), "export"
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 (reported in the CaptureError)
             errors.append(f"torch.export: {type(error).__name__}: {error}")
     raise CaptureError(
         f"could not capture {type(model).__name__} as a graph:\n  "

@@ -19,6 +19,7 @@ from ..passes import (
     propagate_inputs,
     rewrite_conv,
     rewrite_linear,
+    rewrite_pool,
 )
 
 __all__ = ["PIPELINE", "PassError", "run_pipeline"]
@@ -33,6 +34,7 @@ PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...
     ("rewrite_linear", rewrite_linear),  # linear -> groupsparse.linear
     ("fuse_relu", fuse_relu),  # a following ReLU runs in the kernel's epilogue
     ("fold_permutation", fold_permutation),  # permuted rows stay permuted for the next layer
+    ("rewrite_pool", rewrite_pool),  # max-pools on the native NCHW kernel (torch's is slow)
     ("cleanup", cleanup),  # the replaced weights and modules are dropped
 )
 

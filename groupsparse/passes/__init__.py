@@ -13,6 +13,7 @@ from .plan import LayerPlan, plan
 from .propagate_inputs import propagate_inputs
 from .rewrite_conv import rewrite_conv
 from .rewrite_linear import rewrite_linear
+from .rewrite_pool import rewrite_pool
 
 __all__ = [
     "CompileContext",
@@ -31,5 +32,6 @@ __all__ = [
     "propagate_inputs",
     "rewrite_conv",
     "rewrite_linear",
+    "rewrite_pool",
     "structure_of",
 ]

@@ -64,12 +64,16 @@ class CompileOptions:
       always) or "loop" (the earlier per-group implementation; for benchmarks).
     - ``min_speedup``: a layer is rewritten only when dense/sparse time reaches it.
     - ``fuse_relu``: fold a following ReLU into the layer's kernel.
+    - ``native_pooling``: run max-pools on groupsparse's NCHW kernel (on the CPU; torch's own
+      NCHW max-pool is several times slower); the groupsparse torch.compile backend turns it
+      off when Inductor compiles the rest, which generates its own.
     """
 
     decide: str = "time"
     kernel: str = "grouped"
     min_speedup: float = 1.05
     fuse_relu: bool = True
+    native_pooling: bool = True
     timing_runs: int = 7
     max_kept_fraction: float = 0.8
 

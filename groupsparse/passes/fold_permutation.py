@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..runtime.ops import ARGUMENT_POSITIONS, overloads
 from .common import META_PLAN, CompileContext
 
 __all__ = ["fold_permutation"]
@@ -42,12 +43,11 @@ _WEIGHT, _COLUMNS = 1, 2
 
 
 def _ops() -> dict:
-    """op -> (position of row_index, is conv)."""
-    gs = torch.ops.groupsparse
+    """Every groupsparse op (all kernels) -> (position of row_index, is conv)."""
     return {
-        gs.conv2d.default: (8, True), gs.conv2d_loop.default: (8, True),
-        gs.linear.default: (7, False), gs.linear_loop.default: (7, False),
-    }  # fmt: skip
+        op: (ARGUMENT_POSITIONS[kind]["row_index"], kind == "conv2d")
+        for op, kind in overloads().items()
+    }
 
 
 def _channelwise(gm: fx.GraphModule, node: fx.Node, conv: bool) -> bool:

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..runtime.ops import ARGUMENT_POSITIONS, overloads
 from .common import CompileContext
 
 __all__ = ["fuse_relu"]
@@ -30,11 +31,8 @@ def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def _relu_position() -> dict:
-    ops = torch.ops.groupsparse
-    return {
-        ops.conv2d.default: 5, ops.conv2d_loop.default: 5,
-        ops.linear.default: 4, ops.linear_loop.default: 4,
-    }  # fmt: skip
+    """Every groupsparse op (all kernels) -> where its ``relu`` flag is."""
+    return {op: ARGUMENT_POSITIONS[kind]["relu"] for op, kind in overloads().items()}
 
 
 def fuse_relu(gm: fx.GraphModule, context: CompileContext) -> int:

@@ -1,6 +1,6 @@
 """The native CPU kernels (``csrc/``): a group-sparse conv2d (``grouped_gemm.cpp``) or linear
-(``grouped_linear.cpp``) as one fused gather + GEMM, built with the system's C++ compiler on
-first use and loaded with ctypes.
+(``grouped_linear.cpp``) as one fused gather + GEMM, and an NCHW max-pool (``max_pool.cpp``),
+built with the system's C++ compiler on first use and loaded with ctypes.
 
 Why it exists: the torch-ops kernel (``cpu.grouped_conv2d``'s fallback) writes the gathered
 columns to memory and hands G-row panels to MKL, which runs them at about 80% of its speed on
@@ -32,10 +32,18 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NativeKernelWarning", "grouped_gemm", "grouped_linear", "library", "status"]
+__all__ = [
+    "NativeKernelWarning",
+    "grouped_gemm",
+    "grouped_linear",
+    "library",
+    "max_pool2d",
+    "status",
+]
 
 SOURCES = tuple(
-    Path(__file__).with_name("csrc") / name for name in ("grouped_gemm.cpp", "grouped_linear.cpp")
+    Path(__file__).with_name("csrc") / name
+    for name in ("grouped_gemm.cpp", "grouped_linear.cpp", "max_pool.cpp")
 )
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
@@ -125,6 +133,8 @@ def _load() -> ctypes.CDLL:
     library.gs_grouped_gemm_f32.restype = ctypes.c_int
     library.gs_grouped_linear_f32.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_int]
     library.gs_grouped_linear_f32.restype = None
+    library.gs_max_pool2d_f32.argtypes = [pointer] * 2 + [size] * 13
+    library.gs_max_pool2d_f32.restype = None
     return library
 
 
@@ -283,4 +293,37 @@ def grouped_linear(
         chunk,
         int(relu),
     )
+    return out
+
+
+def max_pool2d(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> torch.Tensor:
+    """Runs the max-pool kernel into ``out``: ``x`` ``(..., H, W)`` and ``out`` ``(..., OH,
+    OW)``, contiguous float32 with the same leading dimensions (``cpu.max_pool2d`` sizes it)."""
+    loaded = library()
+    if loaded is None:
+        raise RuntimeError(status())
+    for name, tensor in (("input", x), ("out", out)):
+        if not (tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"):
+            raise TypeError(
+                f"the native max-pool takes contiguous float32 CPU tensors; {name} is "
+                f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})"
+            )
+    if x.dim() < 2 or out.shape[:-2] != x.shape[:-2]:
+        raise TypeError(
+            f"the native max-pool takes x (..., H, W) and out (..., OH, OW) with the same "
+            f"leading dimensions; got {tuple(x.shape)} and {tuple(out.shape)}"
+        )
+    planes = out[..., 0, 0].numel()
+    loaded.gs_max_pool2d_f32(
+        x.data_ptr(), out.data_ptr(), planes, x.shape[-2], x.shape[-1], out.shape[-2],
+        out.shape[-1], *kernel, *stride, *padding, *dilation,
+    )  # fmt: skip
     return out

@@ -12,6 +12,8 @@ plans as buffers of the GraphModule, and compose with torch.compile and torch.ex
 - ``groupsparse::conv2d_torch`` / ``groupsparse::linear_torch``: ``conv2d`` / ``linear`` on the
   CPU's torch-ops kernel rather than the native one, for layers where the compiler timed it
   faster (on CUDA the same as ``conv2d`` / ``linear``).
+- ``groupsparse::max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)``: a max-pool,
+  native on NCHW float32 CPU tensors (torch's own is slow there; the rewrite_pool pass).
 
 ``weight`` is ``(groups, G, k)``, ``columns`` the kept im2col columns ``(groups, k)``;
 output channel ``g*G + r`` is row r of group g; channels past ``out_channels`` (padding of a
@@ -36,6 +38,7 @@ __all__ = [
     "linear",
     "linear_loop",
     "linear_torch",
+    "max_pool2d",
 ]
 
 
@@ -149,6 +152,7 @@ def _conv_op(name: str, kernel: str):
         return _place(out, out_channels, 1, row_index)
 
     op.__name__ = op.__qualname__ = name
+    _KIND[name] = "conv2d"
     return torch.library.custom_op(f"groupsparse::{name}", op, mutates_args=())
 
 
@@ -172,15 +176,36 @@ def _linear_op(name: str, kernel: str):
         return _place(run(x, weight, columns, bias, relu), out_features, -1, row_index)
 
     op.__name__ = op.__qualname__ = name
+    _KIND[name] = "linear"
     return torch.library.custom_op(f"groupsparse::{name}", op, mutates_args=())
 
 
+_KIND: dict[str, str] = {}  # each op's name -> its kind, filled as the ops register
 conv2d = _conv_op("conv2d", "grouped_conv2d")
 conv2d_loop = _conv_op("conv2d_loop", "loop_conv2d")
 conv2d_torch = _conv_op("conv2d_torch", "grouped_conv2d_torch")
 linear = _linear_op("linear", "grouped_linear")
 linear_loop = _linear_op("linear_loop", "loop_linear")
 linear_torch = _linear_op("linear_torch", "grouped_linear_torch")
+
+
+@torch.library.custom_op("groupsparse::max_pool2d", mutates_args=())
+def max_pool2d(
+    x: torch.Tensor,
+    kernel: list[int],
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    ceil_mode: bool,
+) -> torch.Tensor:
+    """``F.max_pool2d`` without indices, on the CPU by the native NCHW kernel (see
+    ``cpu.max_pool2d``; other devices, layouts and dtypes run torch's)."""
+    return cpu.max_pool2d(x, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), ceil_mode)
+
+
+@max_pool2d.register_fake
+def _fake_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
+    return torch.nn.functional.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
 
 
 # The fake kernels check what the real ones check, so a meta-device input given to a module
@@ -209,3 +234,12 @@ for _op in LINEAR_OPS:
     _op.register_fake(_fake_linear)
 for _op in CONV_OPS + LINEAR_OPS:
     _op.register_autograd(_no_backward)
+
+# where the ``relu`` flag and ``row_index`` sit in each kind's arguments
+ARGUMENT_POSITIONS = {"conv2d": {"relu": 5, "row_index": 8}, "linear": {"relu": 4, "row_index": 7}}
+
+
+def overloads() -> dict:
+    """What fx nodes call (``torch.ops.groupsparse.<name>.default``) -> the op's kind, for every
+    op above: the one list that passes which treat all kernels alike read."""
+    return {getattr(torch.ops.groupsparse, name).default: kind for name, kind in _KIND.items()}

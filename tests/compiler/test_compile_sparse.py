@@ -161,6 +161,21 @@ def test_loop_kernel_is_equivalent():
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
+@pytest.mark.parametrize("kernel", ["grouped", "grouped_torch", "loop"])
+def test_relu_after_a_rewritten_layer_runs_in_its_kernel(kernel):
+    model = _sparse_cnn()
+    fast = gs.compile_sparse(model, torch.randn(1, 3, 8, 8), decide="always", kernel=kernel)
+    relu_flags = [
+        node.args[5 if "conv2d" in node.target._opname else 4]
+        for node in fast.graph.nodes
+        if node.op == "call_function" and getattr(node.target, "namespace", None) == "groupsparse"
+    ]
+    assert any(relu_flags)  # SmallCNN has a ReLU after conv1's BN and after fc
+    assert "relu" not in fast.code.replace("relu = True", "").replace("relu = False", "")
+    x = torch.randn(2, 3, 8, 8)
+    assert max_relative_error(fast(x), model(x)) < RTOL
+
+
 def test_torch_ops_kernel_is_equivalent():
     model = _sparse_cnn()
     fast = gs.compile_sparse(

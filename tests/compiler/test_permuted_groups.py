@@ -3,6 +3,7 @@ compiler finds them, runs them as one grouped GEMM and puts each row back in its
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -60,7 +61,8 @@ def test_inspection_rebuilds_permuted_masks():
 
 def _ops_with_rows(fast) -> dict[str, bool]:
     """{layer: whether its op still puts rows back in order at run time}."""
-    positions = {"conv2d": 8, "conv2d_loop": 8, "linear": 7, "linear_loop": 7}
+    positions = {"conv2d": 8, "conv2d_loop": 8, "conv2d_torch": 8}
+    positions |= {"linear": 7, "linear_loop": 7, "linear_torch": 7}
     found = {}
     for node in fast.graph.nodes:
         name = getattr(node.target, "_opname", None)
@@ -80,9 +82,10 @@ def _permute_prune(model: nn.Module, layers, group_size: int = 8, sparsity: floa
             matrix.mul_(pattern.mask(matrix.abs(), sparsity))
 
 
-def test_permutation_folds_into_the_next_conv():
+@pytest.mark.parametrize("kernel", ["grouped", "grouped_torch", "loop"])
+def test_permutation_folds_into_the_next_conv(kernel):
     model = _permuted_model()
-    fast = gs.compile_sparse(model, torch.randn(1, 6, 5, 5), decide="always")
+    fast = gs.compile_sparse(model, torch.randn(1, 6, 5, 5), decide="always", kernel=kernel)
     # conv 0 (24 rows, 3 whole groups) feeds conv 3 through its BN and ReLU: folded;
     # conv 3 (20 rows: a padded last group) feeds a Flatten: put back in order at run time
     assert _ops_with_rows(fast) == {"0": False, "3": True, "5": True}
