@@ -268,6 +268,47 @@ def _goal(row: Row) -> str:
     return f"goal {GOALS[row.sparsity]:.0f}x/{LOOP_GOAL}x: " + ("met" if met else "MISSED")
 
 
+# (name, channels, size, kernel, stride, padding): VGG-16's five max-pools, ResNet-50's one
+POOLS = [
+    *(
+        (f"vgg16 pool {c}x{h}x{h}", c, h, 2, 2, 0)
+        for c, h in ((64, 224), (128, 112), (256, 56), (512, 28), (512, 14))
+    ),
+    ("resnet50 pool 64x112x112", 64, 112, 3, 2, 1),
+]
+
+
+def time_pools(runs: int, batch: int) -> int:
+    """torch's max_pool2d on NCHW (what dense eager runs), on channels_last, and
+    groupsparse.max_pool2d (what rewrite_pool puts in compiled graphs), side by side."""
+    import torch.nn.functional as F
+
+    from groupsparse.runtime import ops
+
+    print(f"max-pools, NCHW float32, batch {batch}, {torch.get_num_threads()} threads; median ms")
+    print(f"{'pool':28s} {'torch':>8s} {'torch CL':>9s} {'ours':>8s} {'torch/ours':>10s}")
+    for name, channels, size, kernel, stride, padding in POOLS:
+        x = torch.randn(batch, channels, size, size)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        pair = ([kernel] * 2, [stride] * 2, [padding] * 2, [1, 1], False)
+        ours = ops.max_pool2d(x, *pair)
+        if not torch.equal(ours, F.max_pool2d(x, kernel, stride, padding)):
+            raise SystemExit(f"{name}: groupsparse.max_pool2d differs from torch's")
+        medians, _ = time_interleaved(
+            {
+                "torch": lambda x=x: F.max_pool2d(x, kernel, stride, padding),
+                "cl": lambda x_cl=x_cl: F.max_pool2d(x_cl, kernel, stride, padding),
+                "ours": lambda x=x: ops.max_pool2d(x, *pair),
+            },
+            runs,
+        )
+        print(
+            f"{name:28s} {medians['torch']:8.3f} {medians['cl']:9.3f} {medians['ours']:8.3f} "
+            f"{medians['torch'] / medians['ours']:9.1f}x"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -289,11 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         "--threads 1: steadier on a machine that other work keeps busy)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--pools", action="store_true", help="time the max-pools of VGG-16 and ResNet-50 instead"
+    )
     args = parser.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu needs --threads 1 (CPU time of several threads counts spinning)")
 
     torch.set_num_threads(args.threads)
+    if args.pools:
+        return time_pools(args.runs or 30, args.batch)
     group_sizes = (64,) if args.quick else GROUP_SIZES
     sparsities = (0.75, 0.9) if args.quick else SPARSITIES
     if args.group_sizes:

@@ -130,20 +130,66 @@ def _linear_shape(
     return (*x.shape[:-1], out_features)
 
 
-def _conv_op(name: str, kernel: str):
-    """Registers ``groupsparse::<name>``: a conv2d that runs the device backend's ``kernel``."""
+_LIBRARY = torch.library.Library("groupsparse", "DEF")
+_KIND: dict[str, str] = {}  # each op's name -> its kind ("conv2d", "linear", "pool")
+_SCHEMAS = {
+    "conv2d": "(Tensor x, Tensor weight, Tensor columns, Tensor? bias, int[] geometry, bool relu, "
+    "int out_channels, int in_channels, Tensor? row_index=None) -> Tensor",
+    "linear": "(Tensor x, Tensor weight, Tensor columns, Tensor? bias, bool relu, "
+    "int out_features, int in_features, Tensor? row_index=None) -> Tensor",
+    "pool": "(Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation, "
+    "bool ceil_mode) -> Tensor",
+}
+_NO_BACKWARD = (
+    "groupsparse ops have no backward: a compiled module is for inference (its weights are "
+    "a packed snapshot). Train the model itself (gs.Pruner keeps its masks), then compile "
+    "it again; or call the compiled module under torch.no_grad()"
+)
 
-    def op(
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        columns: torch.Tensor,
-        bias: torch.Tensor | None,
-        geometry: list[int],
-        relu: bool,
-        out_channels: int,
-        in_channels: int,
-        row_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+
+class _NoBackward(torch.autograd.Function):
+    """Gives an op's output a grad_fn whose backward says why there is none."""
+
+    @staticmethod
+    def forward(ctx, out, *inputs):
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_NO_BACKWARD)
+
+
+def _register(name: str, kind: str, kernel, fake):
+    """Defines ``groupsparse::<name>`` with ``kernel`` for every device (``_backend`` refuses
+    the ones without kernels), ``fake`` for meta and fake tensors, and an autograd kernel
+    that only marks outputs as having no backward.
+
+    Registered through torch.library.Library rather than ``custom_op``: the latter wraps every
+    call in Python layers (autograd, aliasing checks, a Dynamo guard) that cost 40-90 us a
+    call on this project's CPU machine, more than some whole layers of a pruned ResNet-50."""
+    _LIBRARY.define(name + _SCHEMAS[kind])
+    _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
+    torch.library.register_fake(f"groupsparse::{name}", fake, lib=_LIBRARY)
+    op = getattr(torch.ops.groupsparse, name).default
+
+    def autograd(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = op(*args)
+        if torch.is_grad_enabled():
+            needing = [a for a in args if isinstance(a, torch.Tensor) and a.requires_grad]
+            if needing:
+                return _NoBackward.apply(out, *needing)
+        return out
+
+    _LIBRARY.impl(name, autograd, "Autograd")
+    _KIND[name] = kind
+    return op
+
+
+def _conv_kernel(name: str, kernel: str):
+    """A conv2d that runs the device backend's ``kernel``."""
+
+    def op(x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None):
         shape = _conv_shape(x, weight, geometry, out_channels, in_channels, name)
         if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
             return x.new_empty(shape)
@@ -151,61 +197,20 @@ def _conv_op(name: str, kernel: str):
         out = run(x, weight, columns, bias, tuple(geometry), relu)
         return _place(out, out_channels, 1, row_index)
 
-    op.__name__ = op.__qualname__ = name
-    _KIND[name] = "conv2d"
-    return torch.library.custom_op(f"groupsparse::{name}", op, mutates_args=())
+    return op
 
 
-def _linear_op(name: str, kernel: str):
-    """Registers ``groupsparse::<name>``: a linear that runs the device backend's ``kernel``."""
+def _linear_kernel(name: str, kernel: str):
+    """A linear that runs the device backend's ``kernel``."""
 
-    def op(
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        columns: torch.Tensor,
-        bias: torch.Tensor | None,
-        relu: bool,
-        out_features: int,
-        in_features: int,
-        row_index: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def op(x, weight, columns, bias, relu, out_features, in_features, row_index=None):
         shape = _linear_shape(x, weight, out_features, in_features, name)
         if 0 in shape:
             return x.new_empty(shape)
         run = getattr(_backend(x.device), kernel)
         return _place(run(x, weight, columns, bias, relu), out_features, -1, row_index)
 
-    op.__name__ = op.__qualname__ = name
-    _KIND[name] = "linear"
-    return torch.library.custom_op(f"groupsparse::{name}", op, mutates_args=())
-
-
-_KIND: dict[str, str] = {}  # each op's name -> its kind, filled as the ops register
-conv2d = _conv_op("conv2d", "grouped_conv2d")
-conv2d_loop = _conv_op("conv2d_loop", "loop_conv2d")
-conv2d_torch = _conv_op("conv2d_torch", "grouped_conv2d_torch")
-linear = _linear_op("linear", "grouped_linear")
-linear_loop = _linear_op("linear_loop", "loop_linear")
-linear_torch = _linear_op("linear_torch", "grouped_linear_torch")
-
-
-@torch.library.custom_op("groupsparse::max_pool2d", mutates_args=())
-def max_pool2d(
-    x: torch.Tensor,
-    kernel: list[int],
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    ceil_mode: bool,
-) -> torch.Tensor:
-    """``F.max_pool2d`` without indices, on the CPU by the native NCHW kernel (see
-    ``cpu.max_pool2d``; other devices, layouts and dtypes run torch's)."""
-    return cpu.max_pool2d(x, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), ceil_mode)
-
-
-@max_pool2d.register_fake
-def _fake_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
-    return torch.nn.functional.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+    return op
 
 
 # The fake kernels check what the real ones check, so a meta-device input given to a module
@@ -218,22 +223,33 @@ def _fake_linear(x, weight, columns, bias, relu, out_features, in_features, row_
     return x.new_empty(_linear_shape(x, weight, out_features, in_features, "linear"))
 
 
-def _no_backward(ctx, grad):
-    raise RuntimeError(
-        "groupsparse ops have no backward: a compiled module is for inference (its weights are "
-        "a packed snapshot). Train the model itself (gs.Pruner keeps its masks), then compile "
-        "it again; or call the compiled module under torch.no_grad()"
-    )
+def _max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
+    """``F.max_pool2d`` without indices, on the CPU by the native NCHW kernel (see
+    ``cpu.max_pool2d``; other devices, layouts and dtypes run torch's)."""
+    return cpu.max_pool2d(x, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), ceil_mode)
 
 
+def _fake_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
+    return torch.nn.functional.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+
+
+conv2d = _register("conv2d", "conv2d", _conv_kernel("conv2d", "grouped_conv2d"), _fake_conv)
+conv2d_loop = _register(
+    "conv2d_loop", "conv2d", _conv_kernel("conv2d_loop", "loop_conv2d"), _fake_conv
+)
+conv2d_torch = _register(
+    "conv2d_torch", "conv2d", _conv_kernel("conv2d_torch", "grouped_conv2d_torch"), _fake_conv
+)
+linear = _register("linear", "linear", _linear_kernel("linear", "grouped_linear"), _fake_linear)
+linear_loop = _register(
+    "linear_loop", "linear", _linear_kernel("linear_loop", "loop_linear"), _fake_linear
+)
+linear_torch = _register(
+    "linear_torch", "linear", _linear_kernel("linear_torch", "grouped_linear_torch"), _fake_linear
+)
+max_pool2d = _register("max_pool2d", "pool", _max_pool2d, _fake_max_pool2d)
 CONV_OPS = (conv2d, conv2d_loop, conv2d_torch)
 LINEAR_OPS = (linear, linear_loop, linear_torch)
-for _op in CONV_OPS:
-    _op.register_fake(_fake_conv)
-for _op in LINEAR_OPS:
-    _op.register_fake(_fake_linear)
-for _op in CONV_OPS + LINEAR_OPS:
-    _op.register_autograd(_no_backward)
 
 # where the ``relu`` flag and ``row_index`` sit in each kind's arguments
 ARGUMENT_POSITIONS = {"conv2d": {"relu": 5, "row_index": 8}, "linear": {"relu": 4, "row_index": 7}}
@@ -241,5 +257,9 @@ ARGUMENT_POSITIONS = {"conv2d": {"relu": 5, "row_index": 8}, "linear": {"relu": 
 
 def overloads() -> dict:
     """What fx nodes call (``torch.ops.groupsparse.<name>.default``) -> the op's kind, for every
-    op above: the one list that passes which treat all kernels alike read."""
-    return {getattr(torch.ops.groupsparse, name).default: kind for name, kind in _KIND.items()}
+    conv2d and linear op above: the one list that passes which treat all kernels alike read."""
+    return {
+        getattr(torch.ops.groupsparse, name).default: kind
+        for name, kind in _KIND.items()
+        if kind != "pool"
+    }
