@@ -294,11 +294,12 @@ def time_pools(runs: int, batch: int) -> int:
         ours = ops.max_pool2d(x, *pair)
         if not torch.equal(ours, F.max_pool2d(x, kernel, stride, padding)):
             raise SystemExit(f"{name}: groupsparse.max_pool2d differs from torch's")
+        torch_args = (kernel, stride, padding)
         medians, _ = time_interleaved(
             {
-                "torch": lambda x=x: F.max_pool2d(x, kernel, stride, padding),
-                "cl": lambda x_cl=x_cl: F.max_pool2d(x_cl, kernel, stride, padding),
-                "ours": lambda x=x: ops.max_pool2d(x, *pair),
+                "torch": lambda x=x, a=torch_args: F.max_pool2d(x, *a),
+                "cl": lambda x=x_cl, a=torch_args: F.max_pool2d(x, *a),
+                "ours": lambda x=x, a=pair: ops.max_pool2d(x, *a),
             },
             runs,
         )
