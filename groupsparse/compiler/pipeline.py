@@ -15,6 +15,7 @@ from ..passes import (
     fold_batchnorm,
     fold_permutation,
     fuse_relu,
+    fuse_residual,
     plan,
     propagate_inputs,
     rewrite_conv,
@@ -34,6 +35,7 @@ PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...
     ("rewrite_linear", rewrite_linear),  # linear -> groupsparse.linear
     ("fuse_relu", fuse_relu),  # a following ReLU runs in the kernel's epilogue
     ("fold_permutation", fold_permutation),  # permuted rows stay permuted for the next layer
+    ("fuse_residual", fuse_residual),  # a shortcut add (+ ReLU) runs in the conv's epilogue
     ("rewrite_pool", rewrite_pool),  # max-pools on the native NCHW kernel (torch's is slow)
     ("cleanup", cleanup),  # the replaced weights and modules are dropped
 )

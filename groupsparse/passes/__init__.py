@@ -9,6 +9,7 @@ from .find_prunable import find_prunable
 from .fold_batchnorm import fold_batchnorm
 from .fold_permutation import fold_permutation
 from .fuse_relu import fuse_relu
+from .fuse_residual import fuse_residual
 from .plan import LayerPlan, plan
 from .propagate_inputs import propagate_inputs
 from .rewrite_conv import rewrite_conv
@@ -28,6 +29,7 @@ __all__ = [
     "fold_batchnorm",
     "fold_permutation",
     "fuse_relu",
+    "fuse_residual",
     "plan",
     "propagate_inputs",
     "rewrite_conv",

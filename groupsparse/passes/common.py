@@ -24,6 +24,7 @@ __all__ = [
     "PrunableLayer",
     "Refusal",
     "constant_value",
+    "is_relu",
     "layers_in",
 ]
 
@@ -258,3 +259,23 @@ def function_layer(
         dilation=_ntuple(dilation, dims),
         groups=int(groups),
     )
+
+
+_RELU_FUNCTIONS = {
+    torch.relu,
+    torch.relu_,
+    F.relu,
+    torch.ops.aten.relu.default,
+    torch.ops.aten.relu_.default,
+}
+
+
+def is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """``node`` is a ReLU: a function, a method or an nn.ReLU module."""
+    if node.op == "call_function":
+        return node.target in _RELU_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in ("relu", "relu_")
+    if node.op == "call_module":
+        return isinstance(gm.get_submodule(node.target), nn.ReLU)
+    return False

@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import fx, nn
+from torch import fx
 
 from ..runtime.ops import ARGUMENT_POSITIONS, overloads
-from .common import CompileContext
+from .common import CompileContext, is_relu
 
 __all__ = ["fuse_relu"]
-
-_RELU_FUNCTIONS = {
-    torch.relu,
-    torch.relu_,
-    F.relu,
-    torch.ops.aten.relu.default,
-    torch.ops.aten.relu_.default,
-}
-
-
-def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_function":
-        return node.target in _RELU_FUNCTIONS
-    if node.op == "call_method":
-        return node.target in ("relu", "relu_")
-    if node.op == "call_module":
-        return isinstance(gm.get_submodule(node.target), nn.ReLU)
-    return False
 
 
 def _relu_position() -> dict:
@@ -47,7 +27,7 @@ def fuse_relu(gm: fx.GraphModule, context: CompileContext) -> int:
         if position is None or len(node.users) != 1:
             continue
         user = next(iter(node.users))
-        if not _is_relu(gm, user) or user.args[0] is not node:
+        if not is_relu(gm, user) or user.args[0] is not node:
             continue
         args = list(node.args)
         args[position] = True

@@ -129,7 +129,7 @@ def _build() -> Path:
 def _load() -> ctypes.CDLL:
     library = ctypes.CDLL(str(_build()))
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.gs_grouped_gemm_f32.argtypes = [pointer] * 5 + [size] * 14 + [ctypes.c_int]
+    library.gs_grouped_gemm_f32.argtypes = [pointer] * 6 + [size] * 14 + [ctypes.c_int]
     library.gs_grouped_gemm_f32.restype = ctypes.c_int
     library.gs_grouped_linear_f32.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_int]
     library.gs_grouped_linear_f32.restype = None
@@ -219,9 +219,11 @@ def grouped_gemm(
     dst_row: int,
     out_channel: int,
     relu: bool,
+    residual: torch.Tensor | None = None,
     chunk: int = 96,
 ) -> torch.Tensor:
     """Runs the kernel into ``out`` (contiguous float32, every stored pixel written).
+    ``residual``, shaped and laid out as ``out``, is added to every value before the ReLU.
 
     ``flat``: the (padded) input, ``batch`` images of ``image`` floats; ``offsets``: int64
     ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``; ``grid``: ``(grid_w,
@@ -229,12 +231,24 @@ def grouped_gemm(
     pixels map."""
     groups, group_rows, kept = weight.shape
     loaded = _checked(flat, offsets, weight, bias, out, groups * kept)
+    if residual is not None and not (
+        residual.dtype == torch.float32
+        and residual.is_contiguous()
+        and residual.device.type == "cpu"
+        and residual.shape == out.shape
+    ):
+        raise TypeError(
+            f"the native kernel takes a contiguous float32 CPU residual shaped as out "
+            f"{tuple(out.shape)}; got {residual.dtype} of shape {tuple(residual.shape)} on "
+            f"{residual.device} (contiguous: {residual.is_contiguous()})"
+        )
     grid_w, src_row, src_col = grid
     failed = loaded.gs_grouped_gemm_f32(
         flat.data_ptr(),
         offsets.data_ptr(),
         weight.data_ptr(),
         _address(bias),
+        _address(residual),
         out.data_ptr(),
         batch,
         image,

@@ -5,7 +5,9 @@ plans as buffers of the GraphModule, and compose with torch.compile and torch.ex
 (each op has a fake kernel). The backend is picked by the input's device, at one place:
 ``_backend``. Nothing here knows of fx.
 
-- ``groupsparse::conv2d(x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None)``
+- ``groupsparse::conv2d(x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None, residual=None)``:
+  ``relu?(conv(x) + residual?)``; the residual (a ResNet block's shortcut) is added in the
+  native kernel's epilogue when it has the output's shape, else as torch's add would.
 - ``groupsparse::linear(x, weight, columns, bias, relu, out_features, in_features, row_index=None)``
 - ``groupsparse::conv2d_loop`` / ``groupsparse::linear_loop``: the earlier per-group
   implementation (one gather and one GEMM per group), kept for benchmarks.
@@ -134,7 +136,7 @@ _LIBRARY = torch.library.Library("groupsparse", "DEF")
 _KIND: dict[str, str] = {}  # each op's name -> its kind ("conv2d", "linear", "pool")
 _SCHEMAS = {
     "conv2d": "(Tensor x, Tensor weight, Tensor columns, Tensor? bias, int[] geometry, bool relu, "
-    "int out_channels, int in_channels, Tensor? row_index=None) -> Tensor",
+    "int out_channels, int in_channels, Tensor? row_index=None, Tensor? residual=None) -> Tensor",
     "linear": "(Tensor x, Tensor weight, Tensor columns, Tensor? bias, bool relu, "
     "int out_features, int in_features, Tensor? row_index=None) -> Tensor",
     "pool": "(Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation, "
@@ -189,13 +191,30 @@ def _register(name: str, kind: str, kernel, fake):
 def _conv_kernel(name: str, kernel: str):
     """A conv2d that runs the device backend's ``kernel``."""
 
-    def op(x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None):
+    def op(
+        x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None,
+        residual=None,
+    ):  # fmt: skip
         shape = _conv_shape(x, weight, geometry, out_channels, in_channels, name)
         if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
             return x.new_empty(shape)
-        run = getattr(_backend(x.device), kernel)
-        out = run(x, weight, columns, bias, tuple(geometry), relu)
-        return _place(out, out_channels, 1, row_index)
+        backend = _backend(x.device)
+        run = getattr(backend, kernel)
+        if residual is None:
+            return _place(run(x, weight, columns, bias, tuple(geometry), relu), out_channels, 1, row_index)
+        if (
+            kernel in getattr(backend, "RESIDUAL_KERNELS", ())
+            and row_index is None
+            and weight.shape[0] * weight.shape[1] == out_channels
+            and residual.shape == shape
+            and residual.dtype == x.dtype
+            and residual.device == x.device
+        ):
+            return run(x, weight, columns, bias, tuple(geometry), relu, residual=residual)
+        # the add as the graph had it (broadcasting, type promotion), then the ReLU
+        out = _place(run(x, weight, columns, bias, tuple(geometry), False), out_channels, 1, row_index)
+        out = out + residual
+        return out.relu_() if relu else out
 
     return op
 
@@ -215,8 +234,12 @@ def _linear_kernel(name: str, kernel: str):
 
 # The fake kernels check what the real ones check, so a meta-device input given to a module
 # whose weights are on the CPU is refused rather than answered with a meta tensor.
-def _fake_conv(x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None):
-    return x.new_empty(_conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d"))
+def _fake_conv(
+    x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None,
+    residual=None,
+):  # fmt: skip
+    out = x.new_empty(_conv_shape(x, weight, geometry, out_channels, in_channels, "conv2d"))
+    return out if residual is None else out + residual
 
 
 def _fake_linear(x, weight, columns, bias, relu, out_features, in_features, row_index=None):
@@ -252,7 +275,10 @@ CONV_OPS = (conv2d, conv2d_loop, conv2d_torch)
 LINEAR_OPS = (linear, linear_loop, linear_torch)
 
 # where the ``relu`` flag and ``row_index`` sit in each kind's arguments
-ARGUMENT_POSITIONS = {"conv2d": {"relu": 5, "row_index": 8}, "linear": {"relu": 4, "row_index": 7}}
+ARGUMENT_POSITIONS = {
+    "conv2d": {"relu": 5, "row_index": 8, "residual": 9},
+    "linear": {"relu": 4, "row_index": 7},
+}
 
 
 def overloads() -> dict:

@@ -118,3 +118,31 @@ def test_linear_entry_checks_its_tensors():
         native.grouped_linear(x, columns.int(), weight, None, out, relu=False)
     with pytest.raises(TypeError, match=r"out \(tokens, 8\)"):
         native.grouped_linear(x, columns, weight, None, torch.empty(5, 9), relu=False)
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize("kernel", ["grouped_conv2d", "grouped_conv2d_torch", "loop_conv2d"])
+def test_conv_kernels_add_a_residual_before_the_relu(kernel):
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 7, 7)
+    columns = torch.tensor([[0, 5, 9, 20], [1, 2, 30, 35]])
+    weight = torch.randn(2, 3, 4)
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    bias = torch.randn(6)
+    residual = torch.randn(2, 6, 7, 7)
+    plain = cpu.grouped_conv2d(x, weight, columns, bias, geometry, use_native=False)
+    run = getattr(cpu, kernel)
+    for relu in (False, True):
+        want = (plain + residual).relu() if relu else plain + residual
+        got = run(x, weight, columns, bias, geometry, relu, residual=residual)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+def test_conv_entry_checks_its_residual():
+    x = torch.randn(1, 4, 6, 6)
+    columns = torch.tensor([[0, 5, 9], [1, 2, 30]])
+    weight = torch.randn(2, 3, 3)
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    with pytest.raises(TypeError, match="residual shaped as out"):
+        cpu.grouped_conv2d(x, weight, columns, None, geometry, residual=torch.randn(1, 6, 6, 5))

@@ -82,7 +82,7 @@ struct Buffers {  // one thread's scratch: the panel and the accumulators of one
 
 extern "C" {
 
-int gs_native_version() { return 2; }
+int gs_native_version() { return 3; }
 
 // Returns 0, or 1 when scratch memory could not be allocated (the output is then undefined).
 //
@@ -90,13 +90,15 @@ int gs_native_version() { return 2; }
 // offsets: (groups, kept) start of each kept column in one padded image
 // weight:  (groups, G, kept) packed weights, row-major
 // bias:    (groups * G,) or null
+// residual: null, or laid out as out: added to each stored value before the ReLU (a ResNet
+//          block's shortcut)
 // out:     batch images of out_image floats; output channel c starts at c * out_channel
 // Grid pixel p (0 <= p < pixels) reads input at src(p) = (p / grid_w) * src_row
 // + (p % grid_w) * src_col past each column's offset, and is stored at (p / grid_w) * dst_row
 // + (p % grid_w) when p % grid_w < valid_w (the wide grid's junk columns are not stored).
 // Output row r, stored pixel d: out[r * out_channel + d] (NCHW).
 int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float* weight,
-                  const float* bias, float* out, int64_t batch, int64_t in_image,
+                  const float* bias, const float* residual, float* out, int64_t batch, int64_t in_image,
                   int64_t out_image, int64_t groups, int64_t group_rows, int64_t kept,
                   int64_t pixels, int64_t grid_w, int64_t src_row, int64_t src_col,
                   int64_t valid_w, int64_t dst_row, int64_t out_channel,
@@ -122,6 +124,7 @@ int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float*
       const int64_t* off = offsets + g * kept;
       const float* w = weight + g * group_rows * kept;
       float* o = out + b * out_image + g * group_rows * out_channel;
+      const float* res = residual ? residual + (o - out) : nullptr;
       const float* bias_g = bias ? bias + g * group_rows : nullptr;
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t q = first + t * NR;
@@ -175,25 +178,29 @@ int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float*
                         panel + k0 * NR, acc + row * NR, k0 > 0);
           }
         }
-        // the epilogue: bias, ReLU, and each run of pixels to its place in the output
+        // the epilogue: bias, shortcut, ReLU, and each run of pixels to its place in the output
         const __m256 zero = _mm256_setzero_ps();
         for (int64_t r = 0; r < group_rows; ++r) {
           const float* a = acc + r * NR;
           float* row_out = o + r * out_channel;
+          const float* row_res = res ? res + r * out_channel : nullptr;
           const float add = bias_g ? bias_g[r] : 0.f;
           const __m256 add8 = _mm256_set1_ps(add);
           for (int64_t run = 0; run < runs; ++run) {
             const float* from = a + run_first[run];
             float* to = row_out + run_dst[run];
+            const float* shortcut = row_res ? row_res + run_dst[run] : nullptr;
             const int64_t length = run_length[run];
             int64_t j = 0;
             for (; j + 8 <= length; j += 8) {
               __m256 v = _mm256_add_ps(_mm256_loadu_ps(from + j), add8);
+              if (shortcut) v = _mm256_add_ps(v, _mm256_loadu_ps(shortcut + j));
               if (relu) v = _mm256_max_ps(v, zero);
               _mm256_storeu_ps(to + j, v);
             }
             for (; j < length; ++j) {
-              const float v = from[j] + add;
+              float v = from[j] + add;
+              if (shortcut) v += shortcut[j];
               to[j] = relu && v < 0.f ? 0.f : v;
             }
           }

@@ -1,0 +1,70 @@
+"""fuse_residual: a shortcut add after a rewritten conv (and the ReLU after it) runs in the
+conv's epilogue, as in every ResNet block: ``relu(bn3(conv3(x)) + identity)``.
+
+The add is the conv's only user; the other operand is computed earlier in the graph (so the
+conv can read it when it runs). The op adds it before its ReLU, in the native kernel's
+epilogue where shapes and dtypes match, else as torch's add would: the result is the graph's.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch import fx
+
+from ..runtime.ops import ARGUMENT_POSITIONS, overloads
+from .common import CompileContext, is_relu
+
+__all__ = ["fuse_residual"]
+
+_ADDS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor}
+
+
+def _conv_taking_residual(node: fx.Node, other, order: dict[fx.Node, int]) -> bool:
+    """``node`` is a conv op whose only user is the add, with no ReLU or residual yet, and
+    ``other`` is a tensor node that exists before it."""
+    if overloads().get(node.target) != "conv2d" or len(node.users) != 1:
+        return False
+    positions = ARGUMENT_POSITIONS["conv2d"]
+    args = node.args
+    if args[positions["relu"]] or (
+        len(args) > positions["residual"] and args[positions["residual"]] is not None
+    ):
+        return False
+    return isinstance(other, fx.Node) and order.get(other, len(order)) < order[node]
+
+
+def fuse_residual(gm: fx.GraphModule, context: CompileContext) -> int:
+    """Guarantees: no groupsparse conv (without a ReLU) has an add of an earlier tensor as its
+    only user (when ``options.fuse_relu``, which also governs this fusion); that add, and a ReLU
+    that is the add's only user, run in the conv. Returns the count."""
+    if not context.options.fuse_relu:
+        return 0
+    positions = ARGUMENT_POSITIONS["conv2d"]
+    fused = 0
+    order = {node: index for index, node in enumerate(gm.graph.nodes)}
+    for add in list(gm.graph.nodes):
+        if add.op != "call_function" or add.target not in _ADDS or add.kwargs or len(add.args) != 2:
+            continue
+        left, right = add.args
+        for conv, other in ((left, right), (right, left)):
+            if isinstance(conv, fx.Node) and _conv_taking_residual(conv, other, order):
+                break
+        else:
+            continue
+        args = list(conv.args) + [None] * (positions["residual"] + 1 - len(conv.args))
+        args[positions["residual"]] = other
+        result = add
+        if len(add.users) == 1 and is_relu(gm, next(iter(add.users))):
+            relu = next(iter(add.users))
+            if relu.args[0] is add:
+                args[positions["relu"]] = True
+                result = relu
+        conv.args = tuple(args)
+        result.replace_all_uses_with(conv)
+        if result is not add:
+            gm.graph.erase_node(result)
+        gm.graph.erase_node(add)
+        fused += 1
+    return fused
