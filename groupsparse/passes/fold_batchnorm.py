@@ -1,5 +1,6 @@
 """fold_batchnorm: an eval-mode BatchNorm2d right after a rewritten conv is folded into the
-conv's packed weights and bias, so conv + BN (+ ReLU) run as one kernel."""
+conv's packed weights and bias, so conv + BN (+ ReLU) run as one kernel; one after a conv
+module left dense (ResNet's first conv) is folded into a copy of that conv's weights."""
 
 from __future__ import annotations
 
@@ -50,11 +51,61 @@ def _per_kernel_row(
     return out
 
 
+def _fold_into_dense(gm: fx.GraphModule, node: fx.Node, context: CompileContext) -> bool:
+    """An nn.Conv2d module call (left dense) whose only user is an inference BN becomes an
+    F.conv2d on new folded buffers; the user's module is not touched."""
+    if node.op != "call_module" or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
+        return False
+    conv = gm.get_submodule(node.target)
+    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return False
+    user = next(iter(node.users))
+    stats = _batchnorm_stats(gm, user, context)
+    if stats is None or user.args[0] is not node:
+        return False
+    mean, var, gamma, beta = (None if v is None else v.to(torch.float64) for v in stats[:4])
+    eps = stats[4]
+    scale = (1.0 if gamma is None else gamma) / torch.sqrt(var + eps)
+    bias = 0.0 if conv.bias is None else conv.bias.detach().to(torch.float64)
+    new_bias = (bias - mean) * scale + (0.0 if beta is None else beta)
+    weight = conv.weight.detach().to(torch.float64) * scale.view(-1, 1, 1, 1)
+    dtype = conv.weight.dtype
+    prefix = "groupsparse_" + str(node.target).replace(".", "_") + "_folded"
+    gm.register_buffer(prefix + "_weight", weight.to(dtype).contiguous())
+    gm.register_buffer(prefix + "_bias", new_bias.to(dtype).contiguous())
+    with gm.graph.inserting_before(node):
+        weight_node = gm.graph.get_attr(prefix + "_weight")
+        bias_node = gm.graph.get_attr(prefix + "_bias")
+        call = gm.graph.call_function(
+            F.conv2d,
+            (
+                node.args[0],
+                weight_node,
+                bias_node,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+            ),
+        )
+    call.meta.update(node.meta)
+    user.replace_all_uses_with(call)
+    gm.graph.erase_node(user)
+    gm.graph.erase_node(node)
+    return True
+
+
 def fold_batchnorm(gm: fx.GraphModule, context: CompileContext) -> int:
-    """Guarantees: no sparse-planned conv2d is followed by an inference BatchNorm2d that is its
-    only user; its plan's weight rows and bias absorb the normalization. Returns the count."""
+    """Guarantees: no sparse-planned conv2d, and no nn.Conv2d module call that stays dense, is
+    followed by an inference BatchNorm2d that is its only user; the plan's weight rows and bias
+    (or a folded copy of the dense conv's) absorb the normalization. Returns the count."""
     folded = 0
     for node in list(gm.graph.nodes):
+        plan = node.meta.get(META_PLAN)
+        dense = plan is None or plan.decision != "sparse"
+        if dense and _fold_into_dense(gm, node, context):
+            folded += 1
+            continue
         plan = node.meta.get(META_PLAN)
         if (
             plan is None

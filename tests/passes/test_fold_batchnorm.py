@@ -1,4 +1,5 @@
-"""fold_batchnorm: conv -> BN -> ReLU becomes one kernel call; dense convs keep their BN."""
+"""fold_batchnorm: conv -> BN -> ReLU becomes one kernel call; a dense conv's BN folds into a
+copy of its weights (the user's model untouched)."""
 
 from __future__ import annotations
 
@@ -32,11 +33,24 @@ def test_batchnorm_and_relu_are_folded_into_the_sparse_conv():
         fast = gs.compile_sparse(model, torch.randn(1, 4, 6, 6), decide="always")
         code = fast.code
         assert code.count("groupsparse.conv2d") == 1
-        assert 'getattr(self, "1")' not in code and 'getattr(self, "2")' not in code  # BN and ReLU folded
-        assert 'getattr(self, "4")' in code  # the dense conv keeps its BN
+        assert (
+            'getattr(self, "1")' not in code and 'getattr(self, "2")' not in code
+        )  # BN and ReLU folded
+        # the dense conv runs on folded copies of its weights, its BN gone
+        assert 'getattr(self, "3")' not in code and 'getattr(self, "4")' not in code
+        assert "torch.conv2d(" in code and "groupsparse_3_folded_weight" in code
         assert "batch norm folded in" in fast.report["0"].reason
         x = torch.randn(3, 4, 6, 6)
         assert max_relative_error(fast(x), model(x)) < 1e-4
+        assert isinstance(model[4], nn.BatchNorm2d) and model[3].weight.shape == (8, 12, 3, 3)
+
+
+def test_dense_conv_folding_leaves_the_users_weights_alone():
+    model = _model(True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gs.compile_sparse(model, torch.randn(1, 4, 6, 6), decide="always")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
 
 
 def test_training_mode_batchnorm_is_not_folded():
@@ -48,5 +62,10 @@ def test_training_mode_batchnorm_is_not_folded():
     model = _model(True)
     model[1].train()
     gm = fx.symbolic_trace(model)
-    run_pipeline(gm, CompileContext(options=CompileOptions(decide="always"), example_inputs=(torch.randn(2, 4, 6, 6),)))
+    run_pipeline(
+        gm,
+        CompileContext(
+            options=CompileOptions(decide="always"), example_inputs=(torch.randn(2, 4, 6, 6),)
+        ),
+    )
     assert 'getattr(self, "1")' in gm.code
