@@ -129,7 +129,7 @@ def _build() -> Path:
 def _load() -> ctypes.CDLL:
     library = ctypes.CDLL(str(_build()))
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.gs_grouped_gemm_f32.argtypes = [pointer] * 6 + [size] * 14 + [ctypes.c_int]
+    library.gs_grouped_gemm_f32.argtypes = [pointer] * 6 + [size] * 14 + [ctypes.c_int] * 2
     library.gs_grouped_gemm_f32.restype = ctypes.c_int
     library.gs_grouped_linear_f32.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_int]
     library.gs_grouped_linear_f32.restype = None
@@ -221,16 +221,20 @@ def grouped_gemm(
     relu: bool,
     residual: torch.Tensor | None = None,
     chunk: int = 96,
+    tile: int = 24,
 ) -> torch.Tensor:
     """Runs the kernel into ``out`` (contiguous float32, every stored pixel written).
     ``residual``, shaped and laid out as ``out``, is added to every value before the ReLU.
 
     ``flat``: the (padded) input, ``batch`` images of ``image`` floats; ``offsets``: int64
-    ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``; ``grid``: ``(grid_w,
+    ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``; ``tile``: pixels per
+    microkernel call, 24 (4 x 24) or 16 (6 x 16); ``grid``: ``(grid_w,
     src_row, src_col)``; ``out_channel``: the output's channel stride. The C++ source says how
     pixels map."""
     groups, group_rows, kept = weight.shape
     loaded = _checked(flat, offsets, weight, bias, out, groups * kept)
+    if tile not in (16, 24):
+        raise ValueError(f"the native conv kernel tiles 16 or 24 pixels; got {tile}")
     if residual is not None and not (
         residual.dtype == torch.float32
         and residual.is_contiguous()
@@ -264,6 +268,7 @@ def grouped_gemm(
         dst_row,
         out_channel,
         chunk,
+        tile,
         int(relu),
     )
     if failed:
@@ -325,7 +330,9 @@ def max_pool2d(
     if loaded is None:
         raise RuntimeError(status())
     for name, tensor in (("input", x), ("out", out)):
-        if not (tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"):
+        if not (
+            tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"
+        ):
             raise TypeError(
                 f"the native max-pool takes contiguous float32 CPU tensors; {name} is "
                 f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})"

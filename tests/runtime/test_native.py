@@ -146,3 +146,21 @@ def test_conv_entry_checks_its_residual():
     geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
     with pytest.raises(TypeError, match="residual shaped as out"):
         cpu.grouped_conv2d(x, weight, columns, None, geometry, residual=torch.randn(1, 6, 6, 5))
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize("size", [5, 7, 14])
+def test_both_tile_widths_compute_the_conv(size, monkeypatch):
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, size, size)
+    columns = torch.stack([torch.randperm(72)[:20].sort().values for _ in range(3)])
+    weight = torch.randn(3, 7, 20)  # 7 rows: a partial block for both 4- and 6-row tiles
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    want = cpu.grouped_conv2d(x, weight, columns, None, geometry, True, use_native=False)
+    for tile in (16, 24):
+        monkeypatch.setattr(cpu, "_tile_pixels", lambda pixels, tile=tile: tile)
+        got = cpu.grouped_conv2d(x, weight, columns, None, geometry, True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="16 or 24"):
+        monkeypatch.setattr(cpu, "_tile_pixels", lambda pixels: 8)
+        cpu.grouped_conv2d(x, weight, columns, None, geometry)

@@ -27,49 +27,41 @@
 
 namespace {
 
-constexpr int64_t MR = 4;      // output rows per microkernel call (broadcast weights)
-constexpr int64_t NR = 24;     // pixels per microkernel call (three AVX registers)
+// The tile: MR output rows (broadcast weights) x NR pixels (NR / 8 AVX registers) per
+// microkernel call; 4 x 24 by default, 6 x 16 where 16-pixel tiles waste fewer pixels (a
+// 14x14 image's wide grid is 14 rows of 16). Both keep 12 accumulators in registers.
 constexpr int64_t KC = 256;    // kept columns per microkernel call
 
 // c[MR][NR] (+)= w[MR rows, row stride ws][kc] * x[kc][NR]. With rows < MR, the missing rows
 // repeat the last one (their results land in rows of c that are not stored).
+template <int64_t MR, int64_t NR>
 inline void microkernel(int64_t kc, const float* __restrict w, int64_t ws, int64_t rows,
                         const float* __restrict x, float* __restrict c, bool accumulate) {
-  const float* w1 = w + std::min<int64_t>(1, rows - 1) * ws;
-  const float* w2 = w + std::min<int64_t>(2, rows - 1) * ws;
-  const float* w3 = w + std::min<int64_t>(3, rows - 1) * ws;
-  __m256 c00, c01, c02, c10, c11, c12, c20, c21, c22, c30, c31, c32;
-  if (accumulate) {
-    c00 = _mm256_load_ps(c);      c01 = _mm256_load_ps(c + 8);  c02 = _mm256_load_ps(c + 16);
-    c10 = _mm256_load_ps(c + 24); c11 = _mm256_load_ps(c + 32); c12 = _mm256_load_ps(c + 40);
-    c20 = _mm256_load_ps(c + 48); c21 = _mm256_load_ps(c + 56); c22 = _mm256_load_ps(c + 64);
-    c30 = _mm256_load_ps(c + 72); c31 = _mm256_load_ps(c + 80); c32 = _mm256_load_ps(c + 88);
-  } else {
-    c00 = c01 = c02 = c10 = c11 = c12 = c20 = c21 = c22 = c30 = c31 = c32 = _mm256_setzero_ps();
-  }
+  constexpr int64_t V = NR / 8;
+  const float* wr[MR];
+  for (int64_t i = 0; i < MR; ++i) wr[i] = w + std::min<int64_t>(i, rows - 1) * ws;
+  __m256 acc[MR][V];
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < V; ++j)
+      acc[i][j] = accumulate ? _mm256_load_ps(c + i * NR + j * 8) : _mm256_setzero_ps();
   for (int64_t k = 0; k < kc; ++k, x += NR) {
-    const __m256 x0 = _mm256_load_ps(x), x1 = _mm256_load_ps(x + 8), x2 = _mm256_load_ps(x + 16);
-    __m256 v = _mm256_broadcast_ss(w + k);
-    c00 = _mm256_fmadd_ps(v, x0, c00); c01 = _mm256_fmadd_ps(v, x1, c01); c02 = _mm256_fmadd_ps(v, x2, c02);
-    v = _mm256_broadcast_ss(w1 + k);
-    c10 = _mm256_fmadd_ps(v, x0, c10); c11 = _mm256_fmadd_ps(v, x1, c11); c12 = _mm256_fmadd_ps(v, x2, c12);
-    v = _mm256_broadcast_ss(w2 + k);
-    c20 = _mm256_fmadd_ps(v, x0, c20); c21 = _mm256_fmadd_ps(v, x1, c21); c22 = _mm256_fmadd_ps(v, x2, c22);
-    v = _mm256_broadcast_ss(w3 + k);
-    c30 = _mm256_fmadd_ps(v, x0, c30); c31 = _mm256_fmadd_ps(v, x1, c31); c32 = _mm256_fmadd_ps(v, x2, c32);
+    __m256 xv[V];
+    for (int64_t j = 0; j < V; ++j) xv[j] = _mm256_load_ps(x + j * 8);
+    for (int64_t i = 0; i < MR; ++i) {
+      const __m256 v = _mm256_broadcast_ss(wr[i] + k);
+      for (int64_t j = 0; j < V; ++j) acc[i][j] = _mm256_fmadd_ps(v, xv[j], acc[i][j]);
+    }
   }
-  _mm256_store_ps(c, c00);      _mm256_store_ps(c + 8, c01);  _mm256_store_ps(c + 16, c02);
-  _mm256_store_ps(c + 24, c10); _mm256_store_ps(c + 32, c11); _mm256_store_ps(c + 40, c12);
-  _mm256_store_ps(c + 48, c20); _mm256_store_ps(c + 56, c21); _mm256_store_ps(c + 64, c22);
-  _mm256_store_ps(c + 72, c30); _mm256_store_ps(c + 80, c31); _mm256_store_ps(c + 88, c32);
+  for (int64_t i = 0; i < MR; ++i)
+    for (int64_t j = 0; j < V; ++j) _mm256_store_ps(c + i * NR + j * 8, acc[i][j]);
 }
 
 struct Buffers {  // one thread's scratch: the panel and the accumulators of one tile
   float* panel;
   float* acc;
-  Buffers(int64_t kept, int64_t rows) {
-    panel = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * std::max<int64_t>(kept, 1) * NR));
-    acc = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * rows * NR));
+  Buffers(int64_t kept, int64_t rows, int64_t nr) {
+    panel = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * std::max<int64_t>(kept, 1) * nr));
+    acc = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * rows * nr));
   }
   ~Buffers() {
     std::free(panel);
@@ -78,11 +70,18 @@ struct Buffers {  // one thread's scratch: the panel and the accumulators of one
   bool ok() const { return panel != nullptr && acc != nullptr; }
 };
 
+template <int64_t MR, int64_t NR>
+int run(const float* input, const int64_t* offsets, const float* weight, const float* bias,
+        const float* residual, float* out, int64_t batch, int64_t in_image, int64_t out_image,
+        int64_t groups, int64_t group_rows, int64_t kept, int64_t pixels, int64_t grid_w,
+        int64_t src_row, int64_t src_col, int64_t valid_w, int64_t dst_row, int64_t out_channel,
+        int64_t chunk_pixels, int relu);
+
 }  // namespace
 
 extern "C" {
 
-int gs_native_version() { return 3; }
+int gs_native_version() { return 4; }
 
 // Returns 0, or 1 when scratch memory could not be allocated (the output is then undefined).
 //
@@ -102,13 +101,29 @@ int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float*
                   int64_t out_image, int64_t groups, int64_t group_rows, int64_t kept,
                   int64_t pixels, int64_t grid_w, int64_t src_row, int64_t src_col,
                   int64_t valid_w, int64_t dst_row, int64_t out_channel,
-                  int64_t chunk_pixels, int relu) {
+                  int64_t chunk_pixels, int tile_pixels, int relu) {
+  auto body = tile_pixels == 16 ? run<6, 16> : run<4, 24>;
+  return body(input, offsets, weight, bias, residual, out, batch, in_image, out_image, groups,
+              group_rows, kept, pixels, grid_w, src_row, src_col, valid_w, dst_row, out_channel,
+              chunk_pixels, relu);
+}
+
+}  // extern "C"
+
+namespace {
+
+template <int64_t MR, int64_t NR>
+int run(const float* input, const int64_t* offsets, const float* weight, const float* bias,
+        const float* residual, float* out, int64_t batch, int64_t in_image, int64_t out_image,
+        int64_t groups, int64_t group_rows, int64_t kept, int64_t pixels, int64_t grid_w,
+        int64_t src_row, int64_t src_col, int64_t valid_w, int64_t dst_row, int64_t out_channel,
+        int64_t chunk_pixels, int relu) {
   const int64_t CHUNK = std::max<int64_t>(NR, chunk_pixels / NR * NR);
   const int64_t chunks = (pixels + CHUNK - 1) / CHUNK;
   const int64_t blocks = (group_rows + MR - 1) / MR;
   int failed = 0;
   at::parallel_for(0, batch * chunks * groups, 1, [&](int64_t begin, int64_t end) {
-    Buffers scratch(kept, blocks * MR);
+    Buffers scratch(kept, blocks * MR, NR);
     if (!scratch.ok()) {
       failed = 1;
       return;
@@ -154,9 +169,7 @@ int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float*
           for (int64_t k = 0; k < kept; ++k) {
             const float* s = base + off[k];
             float* d = panel + k * NR;
-            _mm256_store_ps(d, _mm256_loadu_ps(s));
-            _mm256_store_ps(d + 8, _mm256_loadu_ps(s + 8));
-            _mm256_store_ps(d + 16, _mm256_loadu_ps(s + 16));
+            for (int64_t j = 0; j < NR; j += 8) _mm256_store_ps(d + j, _mm256_loadu_ps(s + j));
           }
         } else {
           for (int64_t k = 0; k < kept; ++k) {
@@ -174,7 +187,7 @@ int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float*
           const int64_t kc = std::min(KC, kept - k0);
           for (int64_t block = 0; block < blocks; ++block) {
             const int64_t row = block * MR;
-            microkernel(kc, w + row * kept + k0, kept, std::min(MR, group_rows - row),
+            microkernel<MR, NR>(kc, w + row * kept + k0, kept, std::min(MR, group_rows - row),
                         panel + k0 * NR, acc + row * NR, k0 > 0);
           }
         }
@@ -211,4 +224,4 @@ int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float*
   return failed;
 }
 
-}  // extern "C"
+}  // namespace
