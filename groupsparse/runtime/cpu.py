@@ -392,16 +392,14 @@ def native_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def _tile_pixels(pixels: int) -> int:
-    """24 pixels per microkernel call (4 x 24), or 16 (6 x 16) where that computes 10% fewer
-    pixels: 7x7 images, whose wide grid is 63 pixels (512 channels, 3x3, same-process A/B of
-    the two tiles: 0.63 ms against 0.76 at 75%, 0.27 against 0.33 at 90%). On 14x14 (224
-    pixels, 7% fewer) the A/B was a wash (4.11 against 4.14 ms at 75%, 0.98 against 0.93 at
-    90%), so it keeps 24."""
-
+    """24 pixels per microkernel call (4 x 24), or 16 (6 x 16) where that computes 5% fewer
+    pixels: 7x7 and 14x14 images, whose wide grids are 63 and 224 pixels (512 channels, 3x3,
+    same-process A/B of the two tiles, /tmp harness: 7x7 0.65 ms against 0.76 at 75%, 0.29
+    against 0.34 at 90%; 14x14 2.15 against 2.30, 0.92 against 1.01)."""
     def padded(tile: int) -> int:
         return -(-pixels // tile) * tile
 
-    return 16 if padded(16) < 0.9 * padded(24) else 24
+    return 16 if padded(16) < 0.95 * padded(24) else 24
 
 
 def _native_conv2d(

@@ -118,7 +118,19 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
         int64_t groups, int64_t group_rows, int64_t kept, int64_t pixels, int64_t grid_w,
         int64_t src_row, int64_t src_col, int64_t valid_w, int64_t dst_row, int64_t out_channel,
         int64_t chunk_pixels, int relu) {
-  const int64_t CHUNK = std::max<int64_t>(NR, chunk_pixels / NR * NR);
+  // chunks of about chunk_pixels; where a count at most halving them divides the image's
+  // tiles evenly, that count, so that every work item is the same size (a 14x14 image's 10
+  // tiles in chunks of 4, 4 and 2 left one of two threads a third more work than the other)
+  const int64_t tiles_total = (pixels + NR - 1) / NR;
+  const int64_t per_chunk = std::max<int64_t>(1, chunk_pixels / NR);
+  int64_t count = (tiles_total + per_chunk - 1) / per_chunk;
+  for (int64_t c = count; c >= std::max<int64_t>(1, count / 2); --c) {
+    if (tiles_total % c == 0) {
+      count = c;
+      break;
+    }
+  }
+  const int64_t CHUNK = (tiles_total + count - 1) / count * NR;
   const int64_t chunks = (pixels + CHUNK - 1) / CHUNK;
   const int64_t blocks = (group_rows + MR - 1) / MR;
   int failed = 0;
