@@ -51,23 +51,73 @@ def _per_kernel_row(
     return out
 
 
+def _scale_and_bias(
+    stats, bias: torch.Tensor | None, kernel_rows: torch.Tensor, padded: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BN(conv + bias) = conv * scale + new_bias: (scale, new_bias) per kernel row, float64.
+    ``bias`` is already in kernel-row order (or None)."""
+    mean, var, gamma, beta, eps = stats
+
+    def place(values: torch.Tensor | None, fill: float) -> torch.Tensor:
+        return _per_kernel_row(values, fill, kernel_rows, padded)
+
+    scale = place(gamma, 1.0) / torch.sqrt(place(var, 1.0) + eps)
+    bias = place(None, 0.0) if bias is None else bias.to(torch.float64)
+    return scale, (bias - place(mean, 0.0)) * scale + place(beta, 0.0)
+
+
+def _only_batchnorm_user(gm: fx.GraphModule, node: fx.Node, context: CompileContext):
+    """(the BN node, its stats) when ``node``'s only user is an inference BN of it, else None."""
+    if len(node.users) != 1:
+        return None
+    user = next(iter(node.users))
+    if user.args[0] is not node:
+        return None
+    stats = _batchnorm_stats(gm, user, context)
+    return None if stats is None else (user, stats)
+
+
+def _fold_into_plan(gm: fx.GraphModule, node: fx.Node, context: CompileContext) -> bool:
+    """A sparse-planned conv's plan absorbs the BN after it (weight rows and bias)."""
+    plan = node.meta[META_PLAN]
+    found = _only_batchnorm_user(gm, node, context) if plan.kind == "conv2d" else None
+    if found is None:
+        return False
+    user, stats = found
+    groups, group_rows, _ = plan.weight.shape
+    device = plan.weight.device
+    kernel_rows = (
+        torch.arange(plan.rows, device=device) if plan.row_index is None else plan.row_index
+    )
+    scale, bias = _scale_and_bias(stats, plan.bias, kernel_rows, groups * group_rows)
+    weight = plan.weight.to(torch.float64) * scale.view(groups, group_rows, 1)
+    node.meta[META_PLAN] = dataclasses.replace(
+        plan,
+        weight=weight.to(plan.weight.dtype).contiguous(),
+        bias=bias.to(plan.weight.dtype).contiguous(),
+        reason=plan.reason + "; batch norm folded in",
+    )
+    user.replace_all_uses_with(node)
+    gm.graph.erase_node(user)
+    return True
+
+
 def _fold_into_dense(gm: fx.GraphModule, node: fx.Node, context: CompileContext) -> bool:
     """An nn.Conv2d module call (left dense) whose only user is an inference BN becomes an
     F.conv2d on new folded buffers; the user's module is not touched."""
-    if node.op != "call_module" or len(node.users) != 1 or len(node.args) != 1 or node.kwargs:
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
         return False
     conv = gm.get_submodule(node.target)
     if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return False
-    user = next(iter(node.users))
-    stats = _batchnorm_stats(gm, user, context)
-    if stats is None or user.args[0] is not node:
+    found = _only_batchnorm_user(gm, node, context)
+    if found is None:
         return False
-    mean, var, gamma, beta = (None if v is None else v.to(torch.float64) for v in stats[:4])
-    eps = stats[4]
-    scale = (1.0 if gamma is None else gamma) / torch.sqrt(var + eps)
-    bias = 0.0 if conv.bias is None else conv.bias.detach().to(torch.float64)
-    new_bias = (bias - mean) * scale + (0.0 if beta is None else beta)
+    user, stats = found
+    channels = conv.out_channels
+    rows = torch.arange(channels, device=conv.weight.device)
+    bias = None if conv.bias is None else conv.bias.detach()
+    scale, new_bias = _scale_and_bias(stats, bias, rows, channels)
     weight = conv.weight.detach().to(torch.float64) * scale.view(-1, 1, 1, 1)
     dtype = conv.weight.dtype
     prefix = "groupsparse_" + str(node.target).replace(".", "_") + "_folded"
@@ -76,18 +126,8 @@ def _fold_into_dense(gm: fx.GraphModule, node: fx.Node, context: CompileContext)
     with gm.graph.inserting_before(node):
         weight_node = gm.graph.get_attr(prefix + "_weight")
         bias_node = gm.graph.get_attr(prefix + "_bias")
-        call = gm.graph.call_function(
-            F.conv2d,
-            (
-                node.args[0],
-                weight_node,
-                bias_node,
-                conv.stride,
-                conv.padding,
-                conv.dilation,
-                conv.groups,
-            ),
-        )
+        args = (node.args[0], weight_node, bias_node, conv.stride, conv.padding, conv.dilation)
+        call = gm.graph.call_function(F.conv2d, (*args, conv.groups))
     call.meta.update(node.meta)
     user.replace_all_uses_with(call)
     gm.graph.erase_node(user)
@@ -102,51 +142,8 @@ def fold_batchnorm(gm: fx.GraphModule, context: CompileContext) -> int:
     folded = 0
     for node in list(gm.graph.nodes):
         plan = node.meta.get(META_PLAN)
-        dense = plan is None or plan.decision != "sparse"
-        if dense and _fold_into_dense(gm, node, context):
-            folded += 1
-            continue
-        plan = node.meta.get(META_PLAN)
-        if (
-            plan is None
-            or plan.decision != "sparse"
-            or plan.kind != "conv2d"
-            or len(node.users) != 1
-        ):
-            continue
-        user = next(iter(node.users))
-        if user.args[0] is not node:
-            continue
-        stats = _batchnorm_stats(gm, user, context)
-        if stats is None:
-            continue
-        mean, var, gamma, beta, eps = stats
-        groups, group_rows, _ = plan.weight.shape
-        padded = groups * group_rows
-        dtype, device = plan.weight.dtype, plan.weight.device
-
-        kernel_rows = (
-            torch.arange(plan.rows, device=device) if plan.row_index is None else plan.row_index
-        )
-        scale = _per_kernel_row(gamma, 1.0, kernel_rows, padded) / torch.sqrt(
-            _per_kernel_row(var, 1.0, kernel_rows, padded) + eps
-        )
-        bias = (
-            _per_kernel_row(None, 0.0, kernel_rows, padded)
-            if plan.bias is None
-            else plan.bias.to(torch.float64)
-        )
-        new_bias = (
-            bias - _per_kernel_row(mean, 0.0, kernel_rows, padded)
-        ) * scale + _per_kernel_row(beta, 0.0, kernel_rows, padded)
-        weight = plan.weight.to(torch.float64) * scale.view(groups, group_rows, 1)
-        node.meta[META_PLAN] = dataclasses.replace(
-            plan,
-            weight=weight.to(dtype).contiguous(),
-            bias=new_bias.to(dtype).contiguous(),
-            reason=plan.reason + "; batch norm folded in",
-        )
-        user.replace_all_uses_with(node)
-        gm.graph.erase_node(user)
-        folded += 1
+        if plan is not None and plan.decision == "sparse":
+            folded += _fold_into_plan(gm, node, context)
+        else:
+            folded += _fold_into_dense(gm, node, context)
     return folded

@@ -27,17 +27,12 @@ def _signature(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 def _pair(value) -> list[int] | None:
-    if isinstance(value, int):
-        return [value, value]
-    if (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, int) for v in value)
-    ):
-        return list(value)
-    if isinstance(value, (tuple, list)) and len(value) == 1 and isinstance(value[0], int):
-        return [value[0], value[0]]
-    return None  # a value only known at run time: leave the call to torch
+    """An int or a 1- or 2-sequence of ints as [h, w]; None for anything else (a value only
+    known at run time: the call is left to torch)."""
+    values = [value] if isinstance(value, int) else value
+    if not isinstance(values, (tuple, list)) or not all(isinstance(v, int) for v in values):
+        return None
+    return {1: [*values, *values], 2: list(values)}.get(len(values))
 
 
 def _arguments(gm: fx.GraphModule, node: fx.Node) -> dict | None:

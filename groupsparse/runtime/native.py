@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -174,20 +175,13 @@ def _address(tensor: torch.Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
-def _checked(
-    flat: torch.Tensor,
-    index: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    out: torch.Tensor,
-    count: int,
-) -> ctypes.CDLL:
-    """The library, once every tensor is as the raw entry points take them (else TypeError):
-    float32 contiguous CPU tensors, and ``count`` contiguous int64 indices."""
+def _library_for(**tensors: torch.Tensor | None) -> ctypes.CDLL:
+    """The library, once every tensor given (by name; None skipped) is a contiguous float32
+    CPU tensor, as the raw entry points take them (else TypeError)."""
     loaded = library()
     if loaded is None:
         raise RuntimeError(status())
-    for name, tensor in (("input", flat), ("weight", weight), ("bias", bias), ("out", out)):
+    for name, tensor in tensors.items():
         if tensor is not None and not (
             tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"
         ):
@@ -195,6 +189,21 @@ def _checked(
                 f"the native kernel takes contiguous float32 CPU tensors; {name} is "
                 f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})"
             )
+    return loaded
+
+
+def _checked(
+    flat: torch.Tensor,
+    index: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    count: int,
+    residual: torch.Tensor | None = None,
+) -> ctypes.CDLL:
+    """The library, once every tensor is as the raw entry points take them (else TypeError):
+    float32 contiguous CPU tensors, and ``count`` contiguous int64 indices."""
+    loaded = _library_for(input=flat, weight=weight, bias=bias, out=out, residual=residual)
     if index.dtype != torch.int64 or not index.is_contiguous() or index.numel() != count:
         raise TypeError(
             f"the native kernel takes {count} contiguous int64 indices; got {index.dtype} of "
@@ -232,19 +241,13 @@ def grouped_gemm(
     src_row, src_col)``; ``out_channel``: the output's channel stride. The C++ source says how
     pixels map."""
     groups, group_rows, kept = weight.shape
-    loaded = _checked(flat, offsets, weight, bias, out, groups * kept)
+    loaded = _checked(flat, offsets, weight, bias, out, groups * kept, residual)
     if tile not in (16, 24):
         raise ValueError(f"the native conv kernel tiles 16 or 24 pixels; got {tile}")
-    if residual is not None and not (
-        residual.dtype == torch.float32
-        and residual.is_contiguous()
-        and residual.device.type == "cpu"
-        and residual.shape == out.shape
-    ):
+    if residual is not None and residual.shape != out.shape:
         raise TypeError(
-            f"the native kernel takes a contiguous float32 CPU residual shaped as out "
-            f"{tuple(out.shape)}; got {residual.dtype} of shape {tuple(residual.shape)} on "
-            f"{residual.device} (contiguous: {residual.is_contiguous()})"
+            f"the native kernel takes a residual shaped as out {tuple(out.shape)}; got "
+            f"{tuple(residual.shape)}"
         )
     grid_w, src_row, src_col = grid
     failed = loaded.gs_grouped_gemm_f32(
@@ -326,23 +329,13 @@ def max_pool2d(
 ) -> torch.Tensor:
     """Runs the max-pool kernel into ``out``: ``x`` ``(..., H, W)`` and ``out`` ``(..., OH,
     OW)``, contiguous float32 with the same leading dimensions (``cpu.max_pool2d`` sizes it)."""
-    loaded = library()
-    if loaded is None:
-        raise RuntimeError(status())
-    for name, tensor in (("input", x), ("out", out)):
-        if not (
-            tensor.dtype == torch.float32 and tensor.is_contiguous() and tensor.device.type == "cpu"
-        ):
-            raise TypeError(
-                f"the native max-pool takes contiguous float32 CPU tensors; {name} is "
-                f"{tensor.dtype} on {tensor.device} (contiguous: {tensor.is_contiguous()})"
-            )
+    loaded = _library_for(input=x, out=out)
     if x.dim() < 2 or out.shape[:-2] != x.shape[:-2]:
         raise TypeError(
             f"the native max-pool takes x (..., H, W) and out (..., OH, OW) with the same "
             f"leading dimensions; got {tuple(x.shape)} and {tuple(out.shape)}"
         )
-    planes = out[..., 0, 0].numel()
+    planes = math.prod(out.shape[:-2])
     loaded.gs_max_pool2d_f32(
         x.data_ptr(), out.data_ptr(), planes, x.shape[-2], x.shape[-1], out.shape[-2],
         out.shape[-1], *kernel, *stride, *padding, *dilation,

@@ -200,8 +200,9 @@ def _conv_kernel(name: str, kernel: str):
             return x.new_empty(shape)
         backend = _backend(x.device)
         run = getattr(backend, kernel)
+        geometry = tuple(geometry)
         if residual is None:
-            return _place(run(x, weight, columns, bias, tuple(geometry), relu), out_channels, 1, row_index)
+            return _place(run(x, weight, columns, bias, geometry, relu), out_channels, 1, row_index)
         if (
             kernel in getattr(backend, "RESIDUAL_KERNELS", ())
             and row_index is None
@@ -210,9 +211,9 @@ def _conv_kernel(name: str, kernel: str):
             and residual.dtype == x.dtype
             and residual.device == x.device
         ):
-            return run(x, weight, columns, bias, tuple(geometry), relu, residual=residual)
+            return run(x, weight, columns, bias, geometry, relu, residual=residual)
         # the add as the graph had it (broadcasting, type promotion), then the ReLU
-        out = _place(run(x, weight, columns, bias, tuple(geometry), False), out_channels, 1, row_index)
+        out = _place(run(x, weight, columns, bias, geometry, False), out_channels, 1, row_index)
         out = out + residual
         return out.relu_() if relu else out
 
@@ -249,7 +250,9 @@ def _fake_linear(x, weight, columns, bias, relu, out_features, in_features, row_
 def _max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
     """``F.max_pool2d`` without indices, on the CPU by the native NCHW kernel (see
     ``cpu.max_pool2d``; other devices, layouts and dtypes run torch's)."""
-    return cpu.max_pool2d(x, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), ceil_mode)
+    return cpu.max_pool2d(
+        x, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), ceil_mode
+    )
 
 
 def _fake_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
