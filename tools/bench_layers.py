@@ -310,6 +310,79 @@ def time_pools(runs: int, batch: int) -> int:
     return 0
 
 
+def time_conv_tiles(runs: int, seed: int) -> int:
+    """The native conv kernel on 3x3 convs of several image sizes with each tile width
+    (``cpu._tile_pixels`` picks one per image), interleaved in one process."""
+    from groupsparse.runtime import cpu
+
+    generator = torch.Generator().manual_seed(seed)
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    print(f"native conv kernel, 3x3, G=64, {torch.get_num_threads()} threads; median ms")
+    print(f"{'conv':22s} {'sparsity':>8s} {'tile 24':>8s} {'tile 16':>8s} {'picked':>7s}")
+    chosen = cpu._tile_pixels
+    try:
+        for channels, size in ((512, 7), (512, 14), (256, 28), (256, 56)):
+            for sparsity in (0.75, 0.9):
+                columns = balanced_columns(channels, channels * 9, 64, sparsity, generator)
+                weight = torch.randn(columns.shape[0], 64, columns.shape[1], generator=generator)
+                x = torch.randn(1, channels, size, size, generator=generator)
+                want = cpu.grouped_conv2d(x, weight, columns, None, geometry, use_native=False)
+                calls = {}
+                for tile in (24, 16):
+                    def call(tile=tile, x=x, weight=weight, columns=columns):
+                        cpu._tile_pixels = lambda pixels: tile
+                        return cpu.grouped_conv2d(x, weight, columns, None, geometry)
+                    torch.testing.assert_close(call(), want, rtol=1e-4, atol=1e-3)
+                    calls[tile] = call
+                medians, _ = time_interleaved(calls, runs)
+                cpu._tile_pixels = chosen
+                grid = cpu._ConvGrid(x.shape, geometry, wide=True)
+                print(
+                    f"{channels}->{channels} {size}x{size}".ljust(22)
+                    + f" {sparsity:8.2f} {medians[24]:8.3f} {medians[16]:8.3f} "
+                    f"{chosen(grid.pixels):7d}"
+                )
+    finally:
+        cpu._tile_pixels = chosen
+    return 0
+
+
+def time_op_overhead(runs: int) -> int:
+    """What a call costs beyond the kernel: a tiny 1x1 conv (8 -> 32 channels, 10x10) run by
+    groupsparse::conv2d (torch.library.Library, as registered), by the same kernel wrapped
+    as a torch.library.custom_op (how the ops were registered before; the same Python body,
+    checks included), and the kernel called directly."""
+    from groupsparse.runtime import cpu, ops
+
+    body = ops._conv_kernel("conv2d", "grouped_conv2d")  # the op's own Python, checks included
+
+    @torch.library.custom_op("groupsparse_bench::conv2d", mutates_args=())
+    def as_custom_op(
+        x: torch.Tensor, weight: torch.Tensor, columns: torch.Tensor, bias: torch.Tensor
+    ) -> torch.Tensor:
+        return body(x, weight, columns, bias, [1, 1, 1, 1, 0, 0, 0, 0, 1, 1], False, 32, 16)
+
+    as_custom_op.register_autograd(lambda ctx, grad: None)
+    x = torch.randn(1, 16, 10, 10)
+    columns = torch.stack([torch.arange(8), torch.arange(8, 16)])
+    weight, bias = torch.randn(2, 16, 8), torch.randn(32)
+    geometry = [1, 1, 1, 1, 0, 0, 0, 0, 1, 1]
+    op = torch.ops.groupsparse.conv2d.default
+    calls = {
+        "groupsparse::conv2d": lambda: op(x, weight, columns, bias, geometry, False, 32, 16),
+        "as custom_op": lambda: as_custom_op(x, weight, columns, bias),
+        "kernel called directly": lambda: cpu.grouped_conv2d(
+            x, weight, columns, bias, tuple(geometry)
+        ),
+    }
+    with torch.no_grad():
+        medians, _ = time_interleaved(calls, runs, min_sample_ms=20.0)
+    print(f"a tiny conv, {torch.get_num_threads()} threads, under no_grad; median us a call")
+    for label, ms in medians.items():
+        print(f"  {label:24s} {ms * 1e3:8.1f} us")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -334,6 +407,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pools", action="store_true", help="time the max-pools of VGG-16 and ResNet-50 instead"
     )
+    parser.add_argument(
+        "--conv-tiles",
+        action="store_true",
+        help="instead: the native conv kernel with 24- and 16-pixel tiles, same process",
+    )
+    parser.add_argument(
+        "--op-overhead",
+        action="store_true",
+        help="instead: a tiny conv through groupsparse::conv2d, through the same kernel as a "
+        "torch.library.custom_op, and called directly",
+    )
     args = parser.parse_args(argv)
     if args.clock == "cpu" and args.threads != 1:
         parser.error("--clock cpu needs --threads 1 (CPU time of several threads counts spinning)")
@@ -341,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.pools:
         return time_pools(args.runs or 30, args.batch)
+    if args.conv_tiles:
+        return time_conv_tiles(args.runs or 21, args.seed)
+    if args.op_overhead:
+        return time_op_overhead(args.runs or 21)
     group_sizes = (64,) if args.quick else GROUP_SIZES
     sparsities = (0.75, 0.9) if args.quick else SPARSITIES
     if args.group_sizes:

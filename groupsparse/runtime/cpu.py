@@ -393,9 +393,10 @@ def native_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def _tile_pixels(pixels: int) -> int:
     """24 pixels per microkernel call (4 x 24), or 16 (6 x 16) where that computes 5% fewer
-    pixels: 7x7 and 14x14 images, whose wide grids are 63 and 224 pixels (512 channels, 3x3,
-    same-process A/B of the two tiles, /tmp harness: 7x7 0.65 ms against 0.76 at 75%, 0.29
-    against 0.34 at 90%; 14x14 2.15 against 2.30, 0.92 against 1.01)."""
+    pixels: 7x7 and 14x14 images, whose wide grids are 63 and 224 pixels. Both tiles side by
+    side, 512 channels 3x3 at 75%: 7x7 0.82 ms with 16 against 0.95 with 24, 14x14 3.02
+    against 3.16; 24 stays ahead on 28x28 and 56x56 (``python tools/bench_layers.py
+    --conv-tiles``)."""
     def padded(tile: int) -> int:
         return -(-pixels // tile) * tile
 
