@@ -165,10 +165,13 @@ def test_loop_kernel_is_equivalent():
 def test_relu_after_a_rewritten_layer_runs_in_its_kernel(kernel):
     model = _sparse_cnn()
     fast = gs.compile_sparse(model, torch.randn(1, 3, 8, 8), decide="always", kernel=kernel)
+    from groupsparse.runtime.ops import ARGUMENT_POSITIONS, overloads
+
+    kinds = overloads()
     relu_flags = [
-        node.args[5 if "conv2d" in node.target._opname else 4]
+        node.args[ARGUMENT_POSITIONS[kinds[node.target]]["relu"]]
         for node in fast.graph.nodes
-        if node.op == "call_function" and getattr(node.target, "namespace", None) == "groupsparse"
+        if node.target in kinds
     ]
     assert any(relu_flags)  # SmallCNN has a ReLU after conv1's BN and after fc
     assert "relu" not in fast.code.replace("relu = True", "").replace("relu = False", "")

@@ -61,16 +61,15 @@ def test_inspection_rebuilds_permuted_masks():
 
 def _ops_with_rows(fast) -> dict[str, bool]:
     """{layer: whether its op still puts rows back in order at run time}."""
-    positions = {"conv2d": 8, "conv2d_loop": 8, "conv2d_torch": 8}
-    positions |= {"linear": 7, "linear_loop": 7, "linear_torch": 7}
+    from groupsparse.runtime.ops import ARGUMENT_POSITIONS, overloads
+
+    kinds = overloads()
     found = {}
     for node in fast.graph.nodes:
-        name = getattr(node.target, "_opname", None)
-        if node.op == "call_function" and name in positions:
+        if node.target in kinds:
+            position = ARGUMENT_POSITIONS[kinds[node.target]]["row_index"]
             plan = node.meta["groupsparse.plan"]
-            found[plan.name] = (
-                len(node.args) > positions[name] and node.args[positions[name]] is not None
-            )
+            found[plan.name] = len(node.args) > position and node.args[position] is not None
     return found
 
 
