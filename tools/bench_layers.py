@@ -347,6 +347,33 @@ def time_conv_tiles(runs: int, seed: int) -> int:
     return 0
 
 
+def time_pad(runs: int, batch: int) -> int:
+    """The zero padding in front of the native conv kernel: torch ops (what ran before) and
+    native.pad2d, interleaved, on the activations of the layers above."""
+    from groupsparse.runtime import cpu
+
+    geometry = GEOMETRY_3X3
+    print(f"zero padding (1 each side), NCHW float32, batch {batch}, "
+          f"{torch.get_num_threads()} threads; median ms")
+    print(f"{'activation':18s} {'torch':>8s} {'native':>8s} {'torch/native':>12s}")
+    for channels, size in ((64, 224), (256, 56), (512, 28), (512, 14)):
+        x = torch.randn(batch, channels, size, size)
+        if not torch.equal(cpu._padded_flat(x, geometry), cpu._padded_flat(x, geometry, True)):
+            raise SystemExit(f"{channels}x{size}x{size}: native padding differs from torch's")
+        medians, _ = time_interleaved(
+            {
+                "torch": lambda x=x: cpu._padded_flat(x, geometry),
+                "native": lambda x=x: cpu._padded_flat(x, geometry, True),
+            },
+            runs,
+        )
+        print(
+            f"{f'{channels}x{size}x{size}':18s} {medians['torch']:8.3f} {medians['native']:8.3f} "
+            f"{medians['torch'] / medians['native']:11.2f}x"
+        )
+    return 0
+
+
 def time_op_overhead(runs: int) -> int:
     """What a call costs beyond the kernel: a tiny 1x1 conv (8 -> 32 channels, 10x10) run by
     groupsparse::conv2d (torch.library.Library, as registered), by the same kernel wrapped
@@ -413,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: the native conv kernel with 24- and 16-pixel tiles, same process",
     )
     parser.add_argument(
+        "--pad",
+        action="store_true",
+        help="instead: the conv input's zero padding by torch ops and by native.pad2d",
+    )
+    parser.add_argument(
         "--op-overhead",
         action="store_true",
         help="instead: a tiny conv through groupsparse::conv2d, through the same kernel as a "
@@ -429,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         return time_conv_tiles(args.runs or 21, args.seed)
     if args.op_overhead:
         return time_op_overhead(args.runs or 21)
+    if args.pad:
+        return time_pad(args.runs or 30, args.batch)
     group_sizes = (64,) if args.quick else GROUP_SIZES
     sparsities = (0.75, 0.9) if args.quick else SPARSITIES
     if args.group_sizes:

@@ -39,12 +39,13 @@ __all__ = [
     "grouped_linear",
     "library",
     "max_pool2d",
+    "pad2d",
     "status",
 ]
 
 SOURCES = tuple(
     Path(__file__).with_name("csrc") / name
-    for name in ("grouped_gemm.cpp", "grouped_linear.cpp", "max_pool.cpp")
+    for name in ("grouped_gemm.cpp", "grouped_linear.cpp", "max_pool.cpp", "pad.cpp")
 )
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 
@@ -136,6 +137,8 @@ def _load() -> ctypes.CDLL:
     library.gs_grouped_linear_f32.restype = None
     library.gs_max_pool2d_f32.argtypes = [pointer] * 2 + [size] * 13
     library.gs_max_pool2d_f32.restype = None
+    library.gs_pad2d_f32.argtypes = [pointer] * 2 + [size] * 7
+    library.gs_pad2d_f32.restype = None
     return library
 
 
@@ -340,4 +343,28 @@ def max_pool2d(
         x.data_ptr(), out.data_ptr(), planes, x.shape[-2], x.shape[-1], out.shape[-2],
         out.shape[-1], *kernel, *stride, *padding, *dilation,
     )  # fmt: skip
+    return out
+
+
+def pad2d(
+    x: torch.Tensor, out: torch.Tensor, *, padding: tuple[int, int, int, int]
+) -> torch.Tensor:
+    """Zero-pads ``x`` ``(..., H, W)`` into ``out`` ``(..., top + H + bottom, left + W +
+    right)``, both contiguous float32 with the same leading dimensions; ``padding`` is
+    ``(top, bottom, left, right)``, none negative. Every element of ``out`` is written."""
+    loaded = _library_for(input=x, out=out)
+    top, bottom, left, right = padding
+    height, width = x.shape[-2:] if x.dim() >= 2 else (0, 0)
+    if (
+        x.dim() < 2
+        or min(padding) < 0
+        or out.shape != (*x.shape[:-2], top + height + bottom, left + width + right)
+    ):
+        raise TypeError(
+            f"the native pad takes x (..., H, W), padding (top, bottom, left, right) >= 0 and out "
+            f"(..., top + H + bottom, left + W + right); got {tuple(x.shape)}, {padding} and "
+            f"{tuple(out.shape)}"
+        )
+    planes = math.prod(x.shape[:-2])
+    loaded.gs_pad2d_f32(x.data_ptr(), out.data_ptr(), planes, height, width, *padding)
     return out

@@ -164,3 +164,44 @@ def test_both_tile_widths_compute_the_conv(size, monkeypatch):
     with pytest.raises(ValueError, match="16 or 24"):
         monkeypatch.setattr(cpu, "_tile_pixels", lambda pixels: 8)
         cpu.grouped_conv2d(x, weight, columns, None, geometry)
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize(
+    "shape, padding",
+    [((1, 3, 5, 7), (1, 1, 1, 1)), ((2, 4, 6, 6), (2, 0, 0, 3)), ((3, 1, 1), (0, 0, 0, 0)),
+     ((1, 2, 9, 4), (0, 4, 2, 0))],
+)  # fmt: skip
+def test_native_pad_matches_torch(shape, padding):
+    x = torch.randn(*shape)
+    top, bottom, left, right = padding
+    out = torch.full((*shape[:-2], top + shape[-2] + bottom, left + shape[-1] + right), 7.0)
+    native.pad2d(x, out, padding=padding)  # every element written: no 7.0 left
+    assert torch.equal(out, torch.nn.functional.pad(x, (left, right, top, bottom)))
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+def test_native_pad_checks_its_arguments():
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(TypeError, match=r"got \(2, 3, 4\), \(1, 1, 1, 1\) and \(2, 5, 5\)"):
+        native.pad2d(x, torch.empty(2, 5, 5), padding=(1, 1, 1, 1))
+    with pytest.raises(TypeError, match=">= 0"):
+        native.pad2d(x, torch.empty(2, 2, 6), padding=(-1, 0, 1, 1))
+    with pytest.raises(TypeError, match="contiguous float32"):
+        native.pad2d(x.double(), torch.empty(2, 5, 6), padding=(1, 1, 1, 1))
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+def test_conv_on_an_image_larger_than_l2():
+    # past 1 MiB a padded image is padded natively and the kernel prefetches the next tile's
+    # columns and output rows; the numbers must not change
+    torch.manual_seed(0)
+    x = torch.randn(2, 64, 66, 66)  # 64 x 68 x 68 floats padded: 1.2 MB an image
+    assert 64 * 68 * 68 * 4 > 1 << 20
+    columns = torch.stack([torch.randperm(576)[:150].sort().values for _ in range(3)])
+    weight = torch.randn(3, 10, 150)
+    bias, residual = torch.randn(30), torch.randn(2, 30, 66, 66)
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    want = cpu.grouped_conv2d(x, weight, columns, bias, geometry, use_native=False)
+    got = cpu.grouped_conv2d(x, weight, columns, bias, geometry, True, residual=residual)
+    torch.testing.assert_close(got, (want + residual).relu(), rtol=1e-4, atol=1e-4)

@@ -81,7 +81,7 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
 
 extern "C" {
 
-int gs_native_version() { return 4; }
+int gs_native_version() { return 5; }
 
 // Returns 0, or 1 when scratch memory could not be allocated (the output is then undefined).
 //
@@ -133,6 +133,7 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
   const int64_t CHUNK = (tiles_total + count - 1) / count * NR;
   const int64_t chunks = (pixels + CHUNK - 1) / CHUNK;
   const int64_t blocks = (group_rows + MR - 1) / MR;
+  const bool prefetch = in_image * int64_t{sizeof(float)} > (int64_t{1} << 20);
   int failed = 0;
   at::parallel_for(0, batch * chunks * groups, 1, [&](int64_t begin, int64_t end) {
     Buffers scratch(kept, blocks * MR, NR);
@@ -194,17 +195,47 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
         }
         // the GEMM: every block of MR rows of the group over the panel
         float* acc = scratch.acc;
+        // the next tile of this item: the lines of its columns, and of the output where it
+        // stores, fetched into cache while this tile's GEMM runs (on an image larger than L2
+        // the gather and the stores otherwise wait on misses; 256x56x56 at 90%, 2 threads:
+        // 8% less time; on a 14x14 image, nothing gained)
+        const float* next = nullptr;
+        if (prefetch && t + 1 < tiles) {
+          const int64_t q1 = q + NR;
+          next = image + (q1 / grid_w) * src_row + (q1 % grid_w) * src_col;
+        }
+        const int64_t per_block = (kept + blocks - 1) / blocks;
         if (kept == 0) std::memset(acc, 0, sizeof(float) * blocks * MR * NR);
         for (int64_t k0 = 0; k0 < kept; k0 += KC) {
           const int64_t kc = std::min(KC, kept - k0);
           for (int64_t block = 0; block < blocks; ++block) {
             const int64_t row = block * MR;
+            if (next != nullptr && k0 == 0) {
+              const int64_t k_end = std::min(kept, (block + 1) * per_block);
+              for (int64_t k = block * per_block; k < k_end; ++k) {
+                const char* s = reinterpret_cast<const char*>(next + off[k]);
+                _mm_prefetch(s, _MM_HINT_T0);
+                _mm_prefetch(s + 64, _MM_HINT_T0);
+                _mm_prefetch(s + sizeof(float) * NR - 4, _MM_HINT_T0);
+              }
+            }
+            if (next != nullptr && k0 == 0) {
+              // this block's rows of the output where the next tile stores
+              const int64_t q1 = q + NR;
+              const int64_t to = (q1 / grid_w) * dst_row + std::min(q1 % grid_w, valid_w - 1);
+              for (int64_t r = row; r < std::min(group_rows, row + MR); ++r) {
+                const char* s = reinterpret_cast<const char*>(o + r * out_channel + to);
+                __builtin_prefetch(s, 1, 3);
+                __builtin_prefetch(s + 64, 1, 3);
+              }
+            }
             microkernel<MR, NR>(kc, w + row * kept + k0, kept, std::min(MR, group_rows - row),
                         panel + k0 * NR, acc + row * NR, k0 > 0);
           }
         }
         // the epilogue: bias, shortcut, ReLU, and each run of pixels to its place in the output
         const __m256 zero = _mm256_setzero_ps();
+        const bool do_relu = relu != 0;
         for (int64_t r = 0; r < group_rows; ++r) {
           const float* a = acc + r * NR;
           float* row_out = o + r * out_channel;
@@ -220,13 +251,13 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
             for (; j + 8 <= length; j += 8) {
               __m256 v = _mm256_add_ps(_mm256_loadu_ps(from + j), add8);
               if (shortcut) v = _mm256_add_ps(v, _mm256_loadu_ps(shortcut + j));
-              if (relu) v = _mm256_max_ps(v, zero);
+              if (do_relu) v = _mm256_max_ps(v, zero);
               _mm256_storeu_ps(to + j, v);
             }
             for (; j < length; ++j) {
               float v = from[j] + add;
               if (shortcut) v += shortcut[j];
-              to[j] = relu && v < 0.f ? 0.f : v;
+              to[j] = do_relu && v < 0.f ? 0.f : v;
             }
           }
         }
