@@ -118,8 +118,8 @@ def pack(
     """(groups, G, k) packed weights, (groups, k) kept columns, and where each output row sits
     in the kernel's output (None when that is row for row). Groups with fewer columns are
     padded with zero weights (and a repeated valid column), smaller groups with zero rows.
-    A linear layer's weights on the CPU are stored k-major (``cpu.k_major``), as its native
-    kernel reads them."""
+    A linear layer's weights on the CPU are stored k-major (``cpu.k_major``), as its torch-ops
+    kernel reads them (the native kernel packs a copy of its own on first use)."""
     rows, columns = layer.gemm_shape
     matrix = layer.weight.reshape(rows, columns)
     size = structure.group_size

@@ -45,6 +45,8 @@ Nothing here knows of fx or of plans; the custom operators in ``ops.py`` call th
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +54,7 @@ from . import native
 
 __all__ = [
     "ConvGeometry",
+    "blocked_linear_weight",
     "conv_output_size",
     "gather_conv_columns",
     "grouped_conv2d",
@@ -452,9 +455,40 @@ def _native_conv2d(
 
 def k_major(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` ``(groups, G, k)``, stored k-major: each group's ``(k, G)`` block contiguous,
-    the layout the native linear kernel reads (and the torch-ops kernel's bmm too). Plans of
-    linear layers hold their weights so; any other layout is converted on every call."""
+    the layout the torch-ops kernel's bmm reads. Plans of linear layers hold their weights so
+    (the native kernel packs its own copy once: ``blocked_linear_weight``)."""
     return weight.transpose(1, 2).contiguous().transpose(1, 2)
+
+
+_BLOCKED: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+
+
+def blocked_linear_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``(groups, G, k)`` as the native linear kernel reads it: ``(groups,
+    ceil(G / 16), k, 16)``, each block of 16 features' weights one sequential stream, zero rows
+    past G (reading k-major rows 16 at a time instead took 9-13% longer on BERT's linears at
+    75%). Packed once per weight tensor and remembered while that tensor lives, unchanged (a
+    plan's weights are the same tensor on every call); packed again after an in-place change
+    (its version counter moves) and on every call for tensors without a version counter
+    (inference tensors)."""
+    try:
+        version = weight._version
+    except RuntimeError:
+        version = None
+    stamp = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, version)
+    hit = _BLOCKED.get(id(weight))
+    if version is not None and hit is not None and hit[0]() is weight and hit[1] == stamp:
+        return hit[2]
+    groups, rows, kept = weight.shape
+    blocks = -(-rows // 16)
+    padded = weight.new_zeros(groups, blocks * 16, kept)
+    padded[:, :rows] = weight
+    packed = padded.view(groups, blocks, 16, kept).transpose(2, 3).contiguous()
+    if version is not None:
+        key = id(weight)
+        forget = lambda _, key=key: _BLOCKED.pop(key, None)
+        _BLOCKED[key] = (weakref.ref(weight, forget), stamp, packed)
+    return packed
 
 
 def _native_linear(
@@ -473,7 +507,7 @@ def _native_linear(
     native.grouped_linear(
         tokens,
         columns.to(torch.int64).contiguous(),
-        weight.transpose(1, 2).contiguous(),
+        blocked_linear_weight(weight),
         None if bias is None else bias.contiguous(),
         out,
         relu=relu,

@@ -294,15 +294,27 @@ def grouped_linear(
 ) -> torch.Tensor:
     """Runs the linear kernel into ``out``: ``x`` (tokens, K) and ``out`` (tokens, groups*G),
     contiguous float32; ``columns`` int64 ``(groups, k)``; ``weight`` contiguous float32
-    ``(groups, k, G)`` (k-major: ``cpu.k_major(weight)`` stores a ``(groups, G, k)`` weight so);
-    ``chunk`` tokens per work item."""
-    groups, kept, group_rows = weight.shape
+    ``(groups, ceil(G / 16), k, 16)``, packed per block of 16 features with zero rows past G
+    (``cpu.blocked_linear_weight`` packs a ``(groups, G, k)`` weight so); ``chunk`` tokens per
+    work item."""
+    groups, kept = columns.shape if columns.dim() == 2 else (0, 0)
     loaded = _checked(x, columns, weight, bias, out, groups * kept)
     tokens = x.shape[0]
-    if x.dim() != 2 or out.shape != (tokens, groups * group_rows):
+    group_rows = out.shape[1] // groups if out.dim() == 2 and groups else 0
+    if (
+        x.dim() != 2
+        or out.dim() != 2
+        or out.shape[0] != tokens
+        or group_rows * groups != out.shape[1]
+    ):
         raise TypeError(
-            f"the native linear kernel takes x (tokens, K) and out (tokens, {groups * group_rows}); "
-            f"got {tuple(x.shape)} and {tuple(out.shape)}"
+            f"the native linear kernel takes x (tokens, K) and out (tokens, groups * G) with "
+            f"{groups} groups; got {tuple(x.shape)} and {tuple(out.shape)}"
+        )
+    if weight.shape != (groups, -(-group_rows // 16), kept, 16):
+        raise TypeError(
+            f"the native linear kernel takes weights packed as ({groups}, "
+            f"{-(-group_rows // 16)}, {kept}, 16); got {tuple(weight.shape)}"
         )
     loaded.gs_grouped_linear_f32(
         x.data_ptr(),

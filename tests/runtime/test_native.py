@@ -107,17 +107,41 @@ def test_default_cpu_kernel_is_native_for_float32_only():
 def test_linear_entry_checks_its_tensors():
     x = torch.randn(5, 12)
     columns = torch.tensor([[0, 3, 7], [1, 2, 11]])
-    weight = torch.randn(2, 3, 4)  # (groups, k, G): k-major
+    weight = torch.randn(2, 4, 3)  # (groups, G, k)
+    packed = cpu.blocked_linear_weight(weight)
+    assert packed.shape == (2, 1, 3, 16)
+    assert torch.equal(packed[:, 0, :, :4], weight.transpose(1, 2))
+    assert not packed[:, :, :, 4:].any()  # zero rows past G
     out = torch.empty(5, 8)
-    native.grouped_linear(x, columns, weight, None, out, relu=False)
-    expected = torch.cat([x[:, columns[g]] @ weight[g] for g in range(2)], dim=1)
+    native.grouped_linear(x, columns, packed, None, out, relu=False)
+    expected = torch.cat([x[:, columns[g]] @ weight[g].T for g in range(2)], dim=1)
     torch.testing.assert_close(out, expected)
     with pytest.raises(TypeError, match="contiguous float32"):
-        native.grouped_linear(x.double(), columns, weight, None, out, relu=False)
+        native.grouped_linear(x.double(), columns, packed, None, out, relu=False)
     with pytest.raises(TypeError, match="6 contiguous int64 indices"):
-        native.grouped_linear(x, columns.int(), weight, None, out, relu=False)
-    with pytest.raises(TypeError, match=r"out \(tokens, 8\)"):
-        native.grouped_linear(x, columns, weight, None, torch.empty(5, 9), relu=False)
+        native.grouped_linear(x, columns.int(), packed, None, out, relu=False)
+    with pytest.raises(TypeError, match=r"out \(tokens, groups \* G\) with 2 groups"):
+        native.grouped_linear(x, columns, packed, None, torch.empty(5, 9), relu=False)
+    with pytest.raises(TypeError, match=r"packed as \(2, 1, 3, 16\)"):
+        native.grouped_linear(
+            x, columns, weight.transpose(1, 2).contiguous(), None, out, relu=False
+        )
+
+
+def test_blocked_linear_weight_is_packed_once_and_again_after_a_change():
+    weight = torch.randn(3, 20, 7)
+    first = cpu.blocked_linear_weight(weight)
+    assert cpu.blocked_linear_weight(weight) is first  # remembered
+    assert torch.equal(first.transpose(2, 3).reshape(3, 32, 7)[:, :20], weight)
+    weight.mul_(2)  # in place: the version counter moves
+    again = cpu.blocked_linear_weight(weight)
+    assert again is not first
+    assert torch.equal(again.transpose(2, 3).reshape(3, 32, 7)[:, :20], weight)
+    other = weight.clone()  # same values, another tensor: packed for itself
+    assert cpu.blocked_linear_weight(other) is not again
+    key = id(other)
+    del other
+    assert key not in cpu._BLOCKED  # forgotten with its tensor
 
 
 @pytest.mark.skipif(native.library() is None, reason=native.status())
