@@ -229,3 +229,24 @@ def test_conv_on_an_image_larger_than_l2():
     want = cpu.grouped_conv2d(x, weight, columns, bias, geometry, use_native=False)
     got = cpu.grouped_conv2d(x, weight, columns, bias, geometry, True, residual=residual)
     torch.testing.assert_close(got, (want + residual).relu(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize("tile", [16, 24])
+def test_whole_tiles_store_straight_to_the_output(tile, monkeypatch):
+    # a 1x1 conv on 12x12 images: every tile is one run of output pixels, so its last pass
+    # stores bias + shortcut + ReLU itself; 7 rows a group leave partial blocks of 4 and 6
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 12, 12)
+    columns = torch.stack([torch.randperm(16)[:5].sort().values for _ in range(3)])
+    weight = torch.randn(3, 7, 5)
+    bias, residual = torch.randn(21), torch.randn(2, 21, 12, 12)
+    geometry = (1, 1, 1, 1, 0, 0, 0, 0, 1, 1)
+    want = cpu.grouped_conv2d(x, weight, columns, bias, geometry, use_native=False)
+    monkeypatch.setattr(cpu, "_tile_pixels", lambda pixels: tile)
+    for relu in (False, True):
+        got = cpu.grouped_conv2d(x, weight, columns, bias, geometry, relu, residual=residual)
+        expected = (want + residual).relu() if relu else want + residual
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    plain = cpu.grouped_conv2d(x, weight, columns, bias, geometry)
+    torch.testing.assert_close(plain, want, rtol=1e-5, atol=1e-5)

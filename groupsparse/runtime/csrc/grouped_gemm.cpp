@@ -15,7 +15,9 @@
 // an item copies its group's kept columns into a panel (the gather, into cache, never to
 // memory), then runs a register-blocked MR x NR microkernel over the panel for every block
 // of MR output rows, KC columns at a time. The epilogue adds the bias, applies the ReLU and
-// stores each pixel where it belongs in the NCHW output, skipping the wide grid's junk.
+// stores each pixel where it belongs in the NCHW output, skipping the wide grid's junk. A tile
+// that is one whole run of output pixels (every tile of a 1x1 conv) skips the epilogue: the
+// microkernel's last pass stores its rows from registers, bias, shortcut and ReLU applied.
 
 #include <ATen/Parallel.h>
 #include <immintrin.h>
@@ -32,11 +34,24 @@ namespace {
 // 14x14 image's wide grid is 14 rows of 16). Both keep 12 accumulators in registers.
 constexpr int64_t KC = 256;    // kept columns per microkernel call
 
-// c[MR][NR] (+)= w[MR rows, row stride ws][kc] * x[kc][NR]. With rows < MR, the missing rows
-// repeat the last one (their results land in rows of c that are not stored).
+// Where a tile's last pass stores its sums straight into the output, when the tile is one
+// run of NR consecutive output pixels: row i of the block at out + i * stride, plus bias[i]
+// and the shortcut res + i * stride, then the ReLU (out null: the sums go to c instead).
+struct Direct {
+  float* out = nullptr;
+  int64_t stride = 0;
+  const float* bias = nullptr;
+  const float* res = nullptr;
+  bool relu = false;
+};
+
+// c[MR][NR] (+)= w[MR rows, row stride ws][kc] * x[kc][NR], or with direct.out, the finished
+// rows stored to the output. With rows < MR, the missing rows repeat the last one (their
+// results land in rows of c that are not stored, or are not stored at all).
 template <int64_t MR, int64_t NR>
 inline void microkernel(int64_t kc, const float* __restrict w, int64_t ws, int64_t rows,
-                        const float* __restrict x, float* __restrict c, bool accumulate) {
+                        const float* __restrict x, float* __restrict c, bool accumulate,
+                        const Direct& direct) {
   constexpr int64_t V = NR / 8;
   const float* wr[MR];
   for (int64_t i = 0; i < MR; ++i) wr[i] = w + std::min<int64_t>(i, rows - 1) * ws;
@@ -52,8 +67,24 @@ inline void microkernel(int64_t kc, const float* __restrict w, int64_t ws, int64
       for (int64_t j = 0; j < V; ++j) acc[i][j] = _mm256_fmadd_ps(v, xv[j], acc[i][j]);
     }
   }
-  for (int64_t i = 0; i < MR; ++i)
-    for (int64_t j = 0; j < V; ++j) _mm256_store_ps(c + i * NR + j * 8, acc[i][j]);
+  if (direct.out == nullptr) {
+    for (int64_t i = 0; i < MR; ++i)
+      for (int64_t j = 0; j < V; ++j) _mm256_store_ps(c + i * NR + j * 8, acc[i][j]);
+    return;
+  }
+  const __m256 zero = _mm256_setzero_ps();
+  for (int64_t i = 0; i < MR; ++i) {  // whole MR: acc stays in registers (unrolled)
+    if (i >= rows) continue;
+    const __m256 add = _mm256_set1_ps(direct.bias ? direct.bias[i] : 0.f);
+    float* to = direct.out + i * direct.stride;
+    const float* shortcut = direct.res ? direct.res + i * direct.stride : nullptr;
+    for (int64_t j = 0; j < V; ++j) {
+      __m256 v = _mm256_add_ps(acc[i][j], add);
+      if (shortcut) v = _mm256_add_ps(v, _mm256_loadu_ps(shortcut + j * 8));
+      if (direct.relu) v = _mm256_max_ps(v, zero);
+      _mm256_storeu_ps(to + j * 8, v);
+    }
+  }
 }
 
 struct Buffers {  // one thread's scratch: the panel and the accumulators of one tile
@@ -205,6 +236,9 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
           next = image + (q1 / grid_w) * src_row + (q1 % grid_w) * src_col;
         }
         const int64_t per_block = (kept + blocks - 1) / blocks;
+        // one whole run of output pixels: the last pass stores it, no epilogue (1x1 convs,
+        // few kept columns: the round trip through acc had cost as much as the GEMM)
+        const bool whole = kept > 0 && runs == 1 && run_first[0] == 0 && run_length[0] == NR;
         if (kept == 0) std::memset(acc, 0, sizeof(float) * blocks * MR * NR);
         for (int64_t k0 = 0; k0 < kept; k0 += KC) {
           const int64_t kc = std::min(KC, kept - k0);
@@ -229,10 +263,19 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
                 __builtin_prefetch(s + 64, 1, 3);
               }
             }
+            Direct direct;
+            if (whole && k0 + kc == kept) {
+              direct.out = o + row * out_channel + run_dst[0];
+              direct.stride = out_channel;
+              direct.bias = bias_g ? bias_g + row : nullptr;
+              direct.res = res ? res + row * out_channel + run_dst[0] : nullptr;
+              direct.relu = relu != 0;
+            }
             microkernel<MR, NR>(kc, w + row * kept + k0, kept, std::min(MR, group_rows - row),
-                        panel + k0 * NR, acc + row * NR, k0 > 0);
+                                panel + k0 * NR, acc + row * NR, k0 > 0, direct);
           }
         }
+        if (whole) continue;
         // the epilogue: bias, shortcut, ReLU, and each run of pixels to its place in the output
         const __m256 zero = _mm256_setzero_ps();
         const bool do_relu = relu != 0;
