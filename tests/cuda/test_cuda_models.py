@@ -1,0 +1,61 @@
+"""Whole models on the GPU: compile_sparse(backend="cuda") and torch.compile(backend=
+"groupsparse") compute what the masked eager model computes, on fresh inputs.
+
+Skipped (by conftest.py) without a GPU or without the cuda extra.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import groupsparse as gs
+from tests.compiler.test_compile_sparse import _sparse_cnn
+from tests.sparsify import group_sparsify, max_relative_error
+
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_small_cnn_compiled_for_cuda_matches_masked_eager(dtype):
+    model = _sparse_cnn().to("cuda", dtype).eval()
+    fast = gs.compile_sparse(
+        model, torch.randn(2, 3, 8, 8, device="cuda", dtype=dtype), backend="cuda", decide="always"
+    )
+    assert set(fast.report.rewritten) == {"conv1", "conv2", "conv3", "fc", "head"}
+    with torch.no_grad():
+        for batch in (1, 3, 8):  # batch sizes other than the example's
+            x = torch.randn(batch, 3, 8, 8, device="cuda", dtype=dtype)
+            out = fast(x)
+            assert out.device.type == "cuda" and out.dtype == dtype
+            assert max_relative_error(out.float(), model(x).float()) < TOLERANCE[dtype]
+
+
+def test_tiny_bert_compiled_for_cuda_matches_masked_eager():
+    pytest.importorskip("transformers")
+    from groupsparse.models import build_model
+
+    model, _ = build_model("tiny-bert", seq_len=16)
+    group_sparsify(model, 0.75, 16)
+    model = model.to("cuda").eval()
+    ids = torch.randint(0, 1000, (2, 16), device="cuda")
+    fast = gs.compile_sparse(model, (ids,), backend="cuda", decide="always")
+    assert len(fast.report.rewritten) == 13
+    with torch.no_grad():
+        other = torch.randint(0, 1000, (3, 20), device="cuda")
+        expected = model(other).last_hidden_state
+        assert max_relative_error(fast(other).last_hidden_state, expected) < 1e-4
+
+
+def test_torch_compile_backend_on_cuda_matches_masked_eager():
+    torch._dynamo.reset()
+    model = _sparse_cnn().to("cuda").eval()
+    reports: list = []
+    compiled = torch.compile(
+        model, backend="groupsparse", options={"decide": "always", "report": reports}
+    )
+    with torch.no_grad():
+        x = torch.randn(4, 3, 8, 8, device="cuda")
+        assert max_relative_error(compiled(x), model(x)) < 1e-4
+    assert reports and set(reports[0].rewritten) == {"conv1", "conv2", "conv3", "fc", "head"}
+    torch._dynamo.reset()

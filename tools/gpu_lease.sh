@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (no network): tests/cuda, then tools/bench_gpu.py model by
+# model, each step under its own time limit, everything written under $OUT as it goes.
+#
+#   CARD=h200 MODELS=bert-base,resnet50 TESTS_S=150 BENCH_S=300 bash tools/gpu_lease.sh
+#
+# Needs the wheels the machine lacks in .whl/ (tools/bench_gpu.py's docstring says how to
+# download them) and `carry: [".whl"]` in the device call. A results.json already in
+# bench/results/$CARD travels with the tree and is merged with, so models can be spread over
+# calls.
+set -u
+OUT=${OUT:-/tmp/gpu_lease}
+CARD=${CARD:-gpu}
+MODELS=${MODELS:-bert-base,vgg16,resnet50,vit-b16}
+TESTS_S=${TESTS_S:-150}
+BENCH_S=${BENCH_S:-300}
+RUNS=${RUNS:-20}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi -L
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+python3 -c "from groupsparse.runtime.cuda import cuda_available; print('cuda backend:', cuda_available())"
+if [ "$TESTS_S" -gt 0 ]; then
+    timeout "$TESTS_S" python3 -m pytest tests/cuda -q -p no:cacheprovider -rf --tb=short \
+        >"$OUT/tests_cuda.log" 2>&1
+    echo "tests/cuda rc=$? ($(tail -n 1 "$OUT/tests_cuda.log"))"
+fi
+mkdir -p "bench/results/$CARD"
+if [ "$BENCH_S" -gt 0 ]; then
+    timeout "$BENCH_S" python3 tools/bench_gpu.py --out "bench/results/$CARD" --skip-tests \
+        --models "$MODELS" --runs "$RUNS" --warmup 3 --verbose >"$OUT/bench.log" 2>&1
+    echo "bench_gpu rc=$?"
+fi
+cp bench/results/"$CARD"/* "$OUT"/ 2>/dev/null
+grep -E "FAILED|ERROR|passed|failed" "$OUT/tests_cuda.log" 2>/dev/null | tail -n 25
+grep -E "^  |Error|error" "$OUT/bench.log" 2>/dev/null | tail -n 60
