@@ -16,7 +16,11 @@ def time_side_by_side(
     functions: dict[str, Callable[[], object]], runs: int, warmup: int = 3
 ) -> dict[str, float]:
     """Median milliseconds of each function, timed in turns (A, B, A, B, ...) so that drift in
-    the machine's speed falls on all of them alike."""
+    the machine's speed falls on all of them alike.
+
+    Where CUDA is in use, each call is timed from an idle GPU to an idle GPU (synchronized
+    before and after), so that a function's time is its kernels' and not only their launch."""
+    synchronize = _cuda_synchronize()
     with torch.no_grad():
         for _ in range(warmup):
             for function in functions.values():
@@ -24,7 +28,15 @@ def time_side_by_side(
         times: dict[str, list[float]] = {name: [] for name in functions}
         for _ in range(runs):
             for name, function in functions.items():
+                synchronize()
                 start = time.perf_counter()
                 function()
+                synchronize()
                 times[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) * 1e3 for name, values in times.items()}
+
+
+def _cuda_synchronize() -> Callable[[], object]:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.synchronize
+    return lambda: None

@@ -244,12 +244,14 @@ def layer_calls(
         flops = 2 * x.shape[0] * out_h * out_w * groups * rows * kept
         calls = {
             "groupsparse": lambda: runtime.grouped_conv2d(x, weight, columns, bias, geometry),
+            "two-step": lambda: runtime.grouped_conv2d_torch(x, weight, columns, bias, geometry),
             "loop": lambda: runtime.loop_conv2d(x, weight, columns, bias, geometry),
         }
     else:
         flops = 2 * (x.numel() // x.shape[-1]) * groups * rows * kept
         calls = {
             "groupsparse": lambda: runtime.grouped_linear(x, weight, columns, bias),
+            "two-step": lambda: runtime.grouped_linear_torch(x, weight, columns, bias),
             "loop": lambda: runtime.loop_linear(x, weight, columns, bias),
         }
     return calls, flops
@@ -298,9 +300,22 @@ class Results:
         if path.exists():
             self.data = json.loads(path.read_text())
 
-    def start_model(self, model: str) -> None:
-        """Forget earlier records of ``model`` (this run measures it again)."""
-        self.data["records"] = [r for r in self.data["records"] if r["model"] != model]
+    def start_model(
+        self, model: str, variants: tuple[str, ...], sparsities: tuple[float, ...]
+    ) -> None:
+        """Forget earlier records of ``model`` that this run measures again (per-layer records
+        count as the variant "layers")."""
+
+        def measured_again(record: dict) -> bool:
+            variant = record.get("variant", "layers")
+            sparsity = record.get("sparsity")
+            return (
+                record["model"] == model
+                and variant in variants
+                and (sparsity is None or sparsity in sparsities or variant == "2:4")
+            )
+
+        self.data["records"] = [r for r in self.data["records"] if not measured_again(r)]
 
     def add(self, **record: Any) -> None:
         self.data["records"].append(record)
@@ -340,12 +355,14 @@ def run_model(name: str, args: argparse.Namespace, results: Results, gs: Any) ->
 
     device, dtype = torch.device(args.device), args.dtype
     timer = Timer(device, args.runs, args.warmup)
-    results.start_model(name)
+    results.start_model(name, args.variants, args.sparsities)
     base, cpu_inputs = build_model(name, batch=args.batch)
     backend = "cuda" if device.type == "cuda" else "cpu"
 
     def record(variant: str, sparsity: float | None, measure: Callable, *arguments: Any) -> None:
         """Run ``measure(*arguments)`` and record its values, or its error."""
+        if variant not in args.variants:
+            return
         started = time.time()
         values, error = _attempt(measure, *arguments, verbose=args.verbose)
         shown = f"{values['ms']:.3f} ms" if values else error
@@ -358,8 +375,9 @@ def run_model(name: str, args: argparse.Namespace, results: Results, gs: Any) ->
     if args.dry_run:
         print("  (dry run: no torch.compile, no CUDA graphs, no 2:4)")
     else:
-        record("dense-compile", None, _end_to_end, torch.compile(dense), inputs, timer)
-        record("dense-graph", None, _graphed_end_to_end, dense, inputs, timer)
+        if "dense-compile" in args.variants:
+            record("dense-compile", None, _end_to_end, torch.compile(dense), inputs, timer)
+        record("dense-graph", None, _dense_graphed_end_to_end, gs, dense, inputs, timer)
         record("2:4", 0.5, _two_four_end_to_end, base, cpu_inputs, args, timer, gs)
     del dense
 
@@ -369,10 +387,14 @@ def run_model(name: str, args: argparse.Namespace, results: Results, gs: Any) ->
         grouped, _ = _prepare(grouped, cpu_inputs, device, dtype)
         with torch.inference_mode():
             reference = grouped(*inputs)
-        fast, error = _attempt(
-            gs.compile_sparse, grouped, inputs, backend=backend, verbose=args.verbose
-        )
-        if fast is None:
+        fast, error = None, "not measured"
+        if {"groupsparse", "groupsparse-graph"} & set(args.variants):
+            fast, error = _attempt(
+                gs.compile_sparse, grouped, inputs, backend=backend, verbose=args.verbose
+            )
+        if fast is None and error == "not measured":
+            pass
+        elif fast is None:
             results.add(model=name, variant="groupsparse", sparsity=sparsity,
                         error=f"compile_sparse: {error}")  # fmt: skip
         else:
@@ -383,7 +405,8 @@ def run_model(name: str, args: argparse.Namespace, results: Results, gs: Any) ->
                 record("groupsparse-graph", sparsity, _graphed_end_to_end, fast, inputs, timer)
             del fast
         record("loop", sparsity, _loop_end_to_end, gs, grouped, inputs, backend, timer, reference)
-        _time_layers(name, grouped, inputs, _layer_names(masks), sparsity, args, timer, results)
+        if "layers" in args.variants:
+            _time_layers(name, grouped, inputs, _layer_names(masks), sparsity, args, timer, results)
         del grouped, reference
         record("csr", sparsity, _sparse_end_to_end, base, cpu_inputs, "element", {}, sparsity, args,
                timer, gs)  # fmt: skip
@@ -427,6 +450,20 @@ def _end_to_end(model, inputs, timer, reference=None, report=None) -> dict[str, 
 
 def _graphed_end_to_end(model, inputs, timer) -> dict[str, Any]:
     return {"ms": timer.median_ms(graphed(functools.partial(model, *inputs)))}
+
+
+def _dense_graphed_end_to_end(gs, model, inputs, timer) -> dict[str, Any]:
+    """The dense model from a CUDA graph; where eager code cannot be captured (transformers'
+    mask building copies a host scalar), the graph groupsparse captures with every layer
+    kept dense (``exclude=["*"]``): the same computation, as groupsparse-graph runs it."""
+    try:
+        return _graphed_end_to_end(model, inputs, timer)
+    except RuntimeError as error:
+        if "during CUDA graph capture" not in str(error):
+            raise
+    torch.cuda.synchronize()
+    captured = gs.compile_sparse(model, inputs, exclude=["*"])
+    return {**_graphed_end_to_end(captured, inputs, timer), "captured": "compile_sparse, all dense"}
 
 
 def _loop_end_to_end(gs, model, inputs, backend, timer, reference) -> dict[str, Any]:
@@ -478,7 +515,11 @@ def _time_layers(model_name, model, inputs, names, sparsity, args, timer, result
             calls["dense"] = lambda module=module, x=x: module(x)
             values["kept_flops"] = flops
             with torch.inference_mode():
-                values["relative_error"] = _relative_error(calls["groupsparse"](), module(x))
+                expected = module(x)
+                for variant in ("groupsparse", "two-step"):  # the kernels pad rows to groups*G
+                    out = calls[variant]().narrow(1 if expected.dim() == 4 else -1, 0,
+                                                  expected.shape[1 if expected.dim() == 4 else -1])
+                    values[f"{variant}_relative_error"] = _relative_error(out, expected)
             for variant, call in calls.items():
                 values[f"{variant}_ms"] = timer.median_ms(call)
             if device.type == "cuda":
@@ -648,6 +689,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-tests", action="store_true", help="do not run pytest tests/cuda first"
     )
+    parser.add_argument(
+        "--variants", default=",".join((*VARIANTS, "layers")),
+        help="comma list of what to measure (default all: %(default)s); records of the others "
+        "already in results.json are kept",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true",
                         help="check the harness on the CPU: small models, batch 2, float32")  # fmt: skip
     parser.add_argument("--plot-only", action="store_true", help="redraw plots from results.json")
@@ -656,6 +702,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     args.models = tuple(m for m in args.models.split(",") if m)
+    args.variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = set(args.variants) - {*VARIANTS, "layers"}
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {(*VARIANTS, 'layers')}")
     if args.dry_run:
         if args.models == MODELS:
             args.models = DRY_RUN_MODELS

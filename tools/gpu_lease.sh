@@ -4,6 +4,9 @@
 #
 #   CARD=h200 MODELS=bert-base,resnet50 TESTS_S=150 BENCH_S=300 bash tools/gpu_lease.sh
 #
+# Other settings: RUNS (timed calls per measurement), VARIANTS and SPARSITIES (bench_gpu's
+# --variants / --sparsities; empty for all), TESTS (what pytest runs).
+#
 # Needs the wheels the machine lacks in .whl/ (tools/bench_gpu.py's docstring says how to
 # download them) and `carry: [".whl"]` in the device call. A results.json already in
 # bench/results/$CARD travels with the tree and is merged with, so models can be spread over
@@ -15,6 +18,9 @@ MODELS=${MODELS:-bert-base,vgg16,resnet50,vit-b16}
 TESTS_S=${TESTS_S:-150}
 BENCH_S=${BENCH_S:-300}
 RUNS=${RUNS:-20}
+VARIANTS=${VARIANTS:-}
+SPARSITIES=${SPARSITIES:-0.5,0.75,0.9}
+TESTS=${TESTS:-tests/cuda tests/runtime/test_triton_fused.py}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -24,18 +30,24 @@ else
     export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1
+# installed (no network, no dependencies) so that torch finds the torch.compile backend's
+# entry point
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
+    || echo "editable install failed (see install.log): torch.compile(backend='groupsparse') will not be found"
 nvidia-smi -L
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 python3 -c "from groupsparse.runtime.cuda import cuda_available; print('cuda backend:', cuda_available())"
 if [ "$TESTS_S" -gt 0 ]; then
-    timeout "$TESTS_S" python3 -m pytest tests/cuda -q -p no:cacheprovider -rf --tb=short \
+    # shellcheck disable=SC2086
+    timeout "$TESTS_S" python3 -m pytest $TESTS -q -p no:cacheprovider -rf --tb=short \
         >"$OUT/tests_cuda.log" 2>&1
     echo "tests/cuda rc=$? ($(tail -n 1 "$OUT/tests_cuda.log"))"
 fi
 mkdir -p "bench/results/$CARD"
 if [ "$BENCH_S" -gt 0 ]; then
     timeout "$BENCH_S" python3 tools/bench_gpu.py --out "bench/results/$CARD" --skip-tests \
-        --models "$MODELS" --runs "$RUNS" --warmup 3 --verbose >"$OUT/bench.log" 2>&1
+        --models "$MODELS" --runs "$RUNS" --warmup 3 --verbose --sparsities "$SPARSITIES" \
+        ${VARIANTS:+--variants "$VARIANTS"} >"$OUT/bench.log" 2>&1
     echo "bench_gpu rc=$?"
 fi
 cp bench/results/"$CARD"/* "$OUT"/ 2>/dev/null

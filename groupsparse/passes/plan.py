@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..runtime import cpu, ops  # noqa: F401  (ops registers torch.ops.groupsparse)
+from ..runtime import cpu, ops  # ops also registers torch.ops.groupsparse
 from ..timing import time_side_by_side
 from .analyze import LayerStructure
 from .common import (
@@ -256,8 +256,8 @@ def _plan_layer(
         return _with(candidate, reason=f"cost model: keeps {padded_fraction:.0%} of the GEMM")
     x = x.to(weight.device)
     kernels = [options.kernel]
-    if options.kernel == "grouped" and cpu.native_ready(x, weight):
-        kernels.append("grouped_torch")  # the CPU has two grouped kernels: keep the faster
+    if options.kernel == "grouped" and ops.two_grouped_kernels(x, weight):
+        kernels.append("grouped_torch")  # two grouped kernels here: keep the faster
     calls = {"dense": _dense_call(layer, x)}
     calls.update((kernel, sparse_call(candidate, x, kernel)) for kernel in kernels)
     with torch.no_grad():

@@ -3,7 +3,14 @@ through nvmath-python's bindings. The only module of groupsparse that imports ei
 are imported inside functions, so ``import groupsparse.runtime.cuda`` works on a machine with
 neither and with no GPU.
 
-A call is (see ``cpu.py`` for the semantics, which these functions share):
+Two grouped kernels, as on the CPU (the compiler times both per layer and keeps the faster):
+
+- ``grouped_conv2d`` / ``grouped_linear``: where Triton is installed (it comes with torch's
+  CUDA builds), one fused Triton kernel per layer that gathers each group's kept columns into
+  registers and multiplies them there (``triton_fused.py``, which says why); else the next.
+- ``grouped_conv2d_torch`` / ``grouped_linear_torch``: the paper's two steps, below.
+
+A two-step call is (see ``cpu.py`` for the semantics, which these functions share):
 
 1. one gather kernel (NVRTC-compiled, cached per device and dtype, launched on torch's current
    stream) that writes each group's kept im2col rows contiguously;
@@ -722,7 +729,7 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.data_ptr() % 16 == 0 else tensor.clone()
 
 
-def grouped_conv2d(
+def grouped_conv2d_torch(
     x: torch.Tensor,
     weight: torch.Tensor,
     columns: torch.Tensor,
@@ -730,11 +737,12 @@ def grouped_conv2d(
     geometry: ConvGeometry,
     relu: bool = False,
 ) -> torch.Tensor:
-    """Group-sparse conv2d on the GPU: ``(B, C, H, W)`` -> ``(B, groups*G, OH, OW)``.
+    """Group-sparse conv2d on the GPU in two steps, gather kernel then cuBLAS:
+    ``(B, C, H, W)`` -> ``(B, groups*G, OH, OW)``.
 
     Example::
 
-        >>> out = grouped_conv2d(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), True)
+        >>> out = grouped_conv2d_torch(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1))
     """
     x, weight = _prepare(x, weight, columns, bias)
     geometry = tuple(int(v) for v in geometry)
@@ -785,18 +793,19 @@ def grouped_conv2d(
     return out
 
 
-def grouped_linear(
+def grouped_linear_torch(
     x: torch.Tensor,
     weight: torch.Tensor,
     columns: torch.Tensor,
     bias: torch.Tensor | None,
     relu: bool = False,
 ) -> torch.Tensor:
-    """Group-sparse linear on the GPU: ``(..., K)`` -> ``(..., groups*G)``.
+    """Group-sparse linear on the GPU in two steps, gather kernel then cuBLAS:
+    ``(..., K)`` -> ``(..., groups*G)``.
 
     Example::
 
-        >>> out = grouped_linear(x, weight, columns, bias, relu=False)
+        >>> out = grouped_linear_torch(x, weight, columns, bias, relu=False)
     """
     x, weight = _prepare(x, weight, columns, bias)
     groups, group_rows, kept = weight.shape
@@ -836,7 +845,95 @@ def grouped_linear(
 loop_conv2d = cpu.loop_conv2d
 loop_linear = cpu.loop_linear
 
-# The CPU has two grouped kernels (native, torch ops) and the compiler may pick either per
-# layer; CUDA has one, so a plan that picked the CPU's torch-ops kernel runs it here too.
-grouped_conv2d_torch = grouped_conv2d
-grouped_linear_torch = grouped_linear
+
+ELEMENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def _triton_fused() -> Any:
+    """runtime/triton_fused.py, or None where Triton cannot be imported (or runs interpreted)."""
+    try:
+        from . import triton_fused
+    except ImportError:
+        return None
+    return None if triton_fused.INTERPRETED else triton_fused
+
+
+def fused_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The one place that decides whether the fused Triton kernel runs a CUDA layer."""
+    return x.device.type == "cuda" and x.dtype in ELEMENT_DTYPES and _triton_fused() is not None
+
+
+def grouped_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: ConvGeometry,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Group-sparse conv2d on the GPU: ``(B, C, H, W)`` -> ``(B, groups*G, OH, OW)``, one fused
+    Triton kernel where ``fused_ready``, else ``grouped_conv2d_torch``.
+
+    Example::
+
+        >>> out = grouped_conv2d(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), True)
+    """
+    if not fused_ready(x, weight) or weight.shape[2] == 0:
+        return grouped_conv2d_torch(x, weight, columns, bias, geometry, relu)
+    x, weight = _prepare(x, weight, columns, bias)
+    geometry = tuple(int(v) for v in geometry)
+    groups, group_rows, _ = weight.shape
+    out_h, out_w = conv_output_size(x.shape[2], x.shape[3], geometry)
+    out = torch.empty(x.shape[0], groups * group_rows, out_h, out_w, dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    _check_bias(bias, groups * group_rows, out.dtype)
+    with torch.cuda.device(x.device):
+        table = _RUNTIME.conv_table(columns, geometry, x.shape)
+        _triton_fused().fused_conv2d(x, weight, table, bias, geometry, relu, out)
+    return out
+
+
+def grouped_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """Group-sparse linear on the GPU: ``(..., K)`` -> ``(..., groups*G)``, one fused Triton
+    kernel where ``fused_ready``, else ``grouped_linear_torch``.
+
+    Example::
+
+        >>> out = grouped_linear(x, weight, columns, bias, relu=False)
+    """
+    if not fused_ready(x, weight) or weight.shape[2] == 0:
+        return grouped_linear_torch(x, weight, columns, bias, relu)
+    x, weight = _prepare(x, weight, columns, bias)
+    groups, group_rows, _ = weight.shape
+    in_features = x.shape[-1]
+    out = torch.empty(*x.shape[:-1], groups * group_rows, dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    _check_bias(bias, groups * group_rows, out.dtype)
+    with torch.cuda.device(x.device):
+        table = _RUNTIME.linear_table(columns, in_features)
+        _triton_fused().fused_linear(
+            x.reshape(-1, in_features), weight, table, bias, relu, out.view(-1, out.shape[-1])
+        )
+    return out
+
+
+# the compiler's question (ops.two_grouped_kernels): fused and two-step kernels both run
+two_grouped_kernels = fused_ready
+
+
+def _check_bias(bias: torch.Tensor | None, channels: int, dtype: torch.dtype) -> None:
+    if bias is not None and (
+        bias.numel() != channels or bias.dtype != dtype or not bias.is_contiguous()
+    ):
+        raise ValueError(
+            f"bias must have {channels} contiguous {dtype} values; got {bias.numel()} {bias.dtype}"
+        )

@@ -41,6 +41,7 @@ __all__ = [
     "linear_loop",
     "linear_torch",
     "max_pool2d",
+    "two_grouped_kernels",
 ]
 
 
@@ -66,6 +67,13 @@ def _backend(device: torch.device) -> ModuleType:
             raise BackendUnavailable(
                 f"groupsparse has no kernels for device type {other!r}; supported: cpu, cuda"
             )
+
+
+def two_grouped_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the backend of ``x``'s device has two grouped kernels for this layer ("grouped"
+    and "grouped_torch": the CPU's native and torch-ops kernels, CUDA's fused Triton and
+    gather + cuBLAS ones), so that the compiler should time both."""
+    return _backend(x.device).two_grouped_kernels(x, weight)
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor, op: str) -> None:

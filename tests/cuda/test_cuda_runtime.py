@@ -93,12 +93,13 @@ def _no_tf32(monkeypatch):
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:7])))
-def test_conv_matches_dense_conv_of_masked_weight(case, dtype, with_bias, relu):
+@pytest.mark.parametrize("kernel", ["grouped_conv2d", "grouped_conv2d_torch"])
+def test_conv_matches_dense_conv_of_masked_weight(kernel, case, dtype, with_bias, relu):
     x, weight, columns, bias, geometry = _conv_problem(case, dtype, with_bias)
     out_h, out_w = conv_output_size(x.shape[2], x.shape[3], geometry)
     _poison_allocator(x.shape[0] * weight.shape[0] * weight.shape[1] * out_h * out_w, dtype)
 
-    out = cuda.grouped_conv2d(x, weight, columns, bias, geometry, relu)
+    out = getattr(cuda, kernel)(x, weight, columns, bias, geometry, relu)
 
     reference = _conv_reference(x, weight, columns, bias, geometry, relu)
     assert out.shape == reference.shape and out.dtype == dtype
@@ -109,7 +110,8 @@ def test_conv_matches_dense_conv_of_masked_weight(case, dtype, with_bias, relu):
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: f"{c[0]}-{c[1:]}")
-def test_linear_matches_dense_linear_of_masked_weight(case, dtype, with_bias, relu):
+@pytest.mark.parametrize("kernel", ["grouped_linear", "grouped_linear_torch"])
+def test_linear_matches_dense_linear_of_masked_weight(kernel, case, dtype, with_bias, relu):
     leading, in_features, groups, group_rows, kept = case
     x = torch.randn(*leading, in_features, device=DEVICE).to(dtype)
     weight = (torch.randn(groups, group_rows, kept, device=DEVICE) / kept**0.5).to(dtype)
@@ -117,13 +119,23 @@ def test_linear_matches_dense_linear_of_masked_weight(case, dtype, with_bias, re
     bias = torch.randn(groups * group_rows, device=DEVICE).to(dtype) if with_bias else None
     _poison_allocator(x.numel() // in_features * groups * group_rows, dtype)
 
-    out = cuda.grouped_linear(x, weight, columns, bias, relu)
+    out = getattr(cuda, kernel)(x, weight, columns, bias, relu)
 
     dense = _dense(weight.double(), columns, in_features)
     reference = F.linear(x.double(), dense, None if bias is None else bias.double())
     reference = reference.relu() if relu else reference
     assert out.shape == reference.shape and out.dtype == dtype
     assert _relative_error(out, reference) < TOLERANCE[dtype]
+
+
+def test_fused_kernel_runs_where_triton_is_installed():
+    import importlib.util
+
+    x = torch.randn(2, 8, device=DEVICE, dtype=torch.float16)
+    weight = torch.randn(1, 16, 8, device=DEVICE, dtype=torch.float16)
+    expected = importlib.util.find_spec("triton") is not None
+    assert cuda.fused_ready(x, weight) == expected
+    assert cuda.two_grouped_kernels(x, weight) == expected
 
 
 def test_float32_uses_tf32_only_when_torch_allows_it(monkeypatch):

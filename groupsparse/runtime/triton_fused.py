@@ -1,0 +1,219 @@
+"""Fused gather + grouped GEMM for the GPU, in Triton: each program gathers its group's kept
+input columns straight from the input into registers and multiplies them there, so the
+reordered im2col is never written to memory.
+
+Why it exists: the first run on a GPU (an H200, bench/results/nvidia-h200/) showed the
+gather-then-cuBLAS path at 8-36 TFLOP/s on kept FLOPs. With G output rows per group, each
+gathered element feeds only G multiply-adds, so a materialized gather moves ``groups`` times
+the input through memory twice (write, then read by the GEMM): for a 512->512 3x3 conv on
+28x28 at batch 32 and G=32, 1.8 GB at 50% sparsity, about 0.9 ms at 4 TB/s against cuDNN's
+0.25 ms for the whole dense layer. Fused, the gathered tile lives in registers and shared
+memory; the input is read from L2, where the groups that share it find it.
+
+Imported only by ``runtime/cuda.py``, and only where Triton is installed (it comes with
+PyTorch's CUDA builds). ``TRITON_INTERPRET=1`` runs the same kernels on the CPU through
+Triton's interpreter, which is how the tests check their index arithmetic without a GPU.
+
+Layouts (the CUDA runtime's, see ``cuda.py``):
+- conv: ``x`` (B, C, H, W) contiguous; ``weight`` (groups, G, k); ``table`` (groups*k, 3)
+  int32 rows ``[channel*H*W, i*dh - pad_top, j*dw - pad_left]``; ``out`` (B, groups*G, OH, OW).
+- linear: ``x`` (T, K) contiguous; ``weight`` (groups, G, k); ``columns`` (groups*k,) int32;
+  ``out`` (T, groups*G).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["INTERPRETED", "fused_conv2d", "fused_linear"]
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+# Integer arguments are not specialized (on value 1 or divisibility by 16): the loads are
+# gathers anyway, and each specialization is one more compile of every tile shape.
+_CONV_INTS = ("kept", "n_total", "pixels", "out_w", "height", "width", "stride_h", "stride_w",
+              "image_stride", "out_image_stride", "G", "relu")  # fmt: skip
+_LINEAR_INTS = ("kept", "tokens", "in_features", "out_features", "G", "relu")
+
+
+@triton.jit(do_not_specialize=_CONV_INTS)
+def _conv_kernel(
+    x_ptr, w_ptr, table_ptr, bias_ptr, out_ptr,
+    kept, n_total, pixels, out_w, height, width, stride_h, stride_w,
+    image_stride, out_image_stride, G, relu,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    group = tl.program_id(0)  # fastest: the groups that read one pixel tile run together
+    n_block = tl.program_id(1)
+    m_block = tl.program_id(2)
+    rows = m_block * BM + tl.arange(0, BM)
+    n = n_block * BN + tl.arange(0, BN)  # output pixels of all images, one after another
+    n_ok = n < n_total
+    image = n // pixels
+    pixel = n % pixels
+    iy0 = (pixel // out_w) * stride_h
+    ix0 = (pixel % out_w) * stride_w
+    x_base = image.to(tl.int64) * image_stride + iy0 * width + ix0
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, kept, BK):
+        k = k0 + tl.arange(0, BK)
+        k_ok = k < kept
+        entry = table_ptr + (group * kept + k) * 3
+        plane = tl.load(entry, mask=k_ok, other=0)
+        dy = tl.load(entry + 1, mask=k_ok, other=0)
+        dx = tl.load(entry + 2, mask=k_ok, other=0)
+        iy = iy0[None, :] + dy[:, None]
+        ix = ix0[None, :] + dx[:, None]
+        inside = (iy >= 0) & (iy < height) & (ix >= 0) & (ix < width)
+        ok = k_ok[:, None] & n_ok[None, :] & inside
+        offset = x_base[None, :] + (plane + dy * width + dx)[:, None]
+        b = tl.load(x_ptr + offset, mask=ok, other=0.0)
+        a_ok = (rows < G)[:, None] & k_ok[None, :]
+        a = tl.load(w_ptr + (group * G + rows)[:, None] * kept + k[None, :], mask=a_ok, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    channel = group * G + rows
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + channel, mask=rows < G, other=0.0).to(tl.float32)[:, None]
+    if relu != 0:
+        acc = tl.maximum(acc, 0.0)
+    target = image.to(tl.int64)[None, :] * out_image_stride + channel[:, None] * pixels
+    target += pixel[None, :]
+    tl.store(
+        out_ptr + target, acc.to(out_ptr.dtype.element_ty), mask=(rows < G)[:, None] & n_ok[None, :]
+    )
+
+
+@triton.jit(do_not_specialize=_LINEAR_INTS)
+def _linear_kernel(
+    x_ptr, w_ptr, columns_ptr, bias_ptr, out_ptr,
+    kept, tokens, in_features, out_features, G, relu,
+    BT: tl.constexpr, BM: tl.constexpr, BK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    group = tl.program_id(0)
+    t_block = tl.program_id(1)
+    m_block = tl.program_id(2)
+    t = t_block * BT + tl.arange(0, BT)
+    rows = m_block * BM + tl.arange(0, BM)
+    t_ok = t < tokens
+    acc = tl.zeros((BT, BM), dtype=tl.float32)
+    for k0 in range(0, kept, BK):
+        k = k0 + tl.arange(0, BK)
+        k_ok = k < kept
+        column = tl.load(columns_ptr + group * kept + k, mask=k_ok, other=0)
+        a = tl.load(
+            x_ptr + t.to(tl.int64)[:, None] * in_features + column[None, :],
+            mask=t_ok[:, None] & k_ok[None, :], other=0.0,
+        )  # fmt: skip
+        b_ok = k_ok[:, None] & (rows < G)[None, :]
+        b = tl.load(w_ptr + (group * G + rows)[None, :] * kept + k[:, None], mask=b_ok, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    feature = group * G + rows
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + feature, mask=rows < G, other=0.0).to(tl.float32)[None, :]
+    if relu != 0:
+        acc = tl.maximum(acc, 0.0)
+    target = t.to(tl.int64)[:, None] * out_features + feature[None, :]
+    tl.store(
+        out_ptr + target, acc.to(out_ptr.dtype.element_ty), mask=t_ok[:, None] & (rows < G)[None, :]
+    )
+
+
+def _configs(wide: str) -> list[triton.Config]:
+    """A few tile shapes to time per layer shape (``wide``: the name of the long tile side)."""
+    shapes = [(128, 32, 4, 3), (128, 64, 4, 3), (256, 32, 8, 3)]
+    return [
+        triton.Config({wide: size, "BK": depth}, num_warps=warps, num_stages=stages)
+        for size, depth, warps, stages in shapes
+    ]
+
+
+def _quick_bench(kernel_call, quantiles):
+    """Autotuning's timing, shortened (3 ms warm-up, 10 ms of runs per tile shape): the
+    shapes differ by far more than that resolves, and every new layer shape pays it."""
+    return triton.testing.do_bench(kernel_call, warmup=3, rep=10, quantiles=quantiles)
+
+
+if INTERPRETED:  # one fixed tile: the interpreter checks arithmetic, not speed
+    _conv = _conv_kernel
+    _linear = _linear_kernel
+    _FIXED_CONV = {"BN": 32, "BK": 16}
+    _FIXED_LINEAR = {"BT": 32, "BK": 16}
+else:
+    _conv = triton.autotune(
+        configs=_configs("BN"), key=["kept", "n_total", "G", "BM"], do_bench=_quick_bench
+    )(_conv_kernel)
+    _linear = triton.autotune(
+        configs=_configs("BT"), key=["kept", "tokens", "G", "BM"], do_bench=_quick_bench
+    )(_linear_kernel)
+    _FIXED_CONV = _FIXED_LINEAR = {}
+
+
+def _row_block(group_rows: int) -> int:
+    """The tile's height: the group's rows, at least 16 (the matrix units' smallest) and at
+    most 128 (larger groups take several tiles)."""
+    return min(128, max(16, triton.next_power_of_2(group_rows)))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def fused_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    table: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: tuple[int, ...],
+    relu: bool,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Write the group-sparse conv of ``x`` into ``out`` (B, groups*G, OH, OW)."""
+    groups, group_rows, kept = weight.shape
+    batch, channels, height, width = x.shape
+    out_h, out_w = out.shape[2], out.shape[3]
+    n_total = batch * out_h * out_w
+    block = _row_block(group_rows)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (groups, triton.cdiv(n_total, meta["BN"]), triton.cdiv(group_rows, block))
+
+    _conv[grid](
+        x, weight, table, bias if bias is not None else out, out,
+        kept, n_total, out_h * out_w, out_w, height, width, geometry[2], geometry[3],
+        channels * height * width, out.shape[1] * out_h * out_w, group_rows, int(relu),
+        BM=block, HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), **_FIXED_CONV,
+    )  # fmt: skip
+    return out
+
+
+def fused_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    relu: bool,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """Write the group-sparse linear of ``x`` (T, K) into ``out`` (T, groups*G)."""
+    groups, group_rows, kept = weight.shape
+    tokens, in_features = x.shape
+    block = _row_block(group_rows)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (groups, triton.cdiv(tokens, meta["BT"]), triton.cdiv(group_rows, block))
+
+    _linear[grid](
+        x, weight, columns, bias if bias is not None else out, out,
+        kept, tokens, in_features, out.shape[1], group_rows, int(relu),
+        BM=block, HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype), **_FIXED_LINEAR,
+    )  # fmt: skip
+    return out

@@ -1,0 +1,134 @@
+"""The fused Triton kernels (runtime/triton_fused.py) run through Triton's CPU interpreter: same
+function as the dense conv2d / linear of the masked weight, for strides, padding, dilation,
+batches, group sizes that are not a power of two, kept counts that are not a multiple of the
+tile, bias and ReLU. Skipped where Triton is not installed (it comes with torch's CUDA builds).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from groupsparse.runtime.cpu import conv_output_size
+from groupsparse.runtime.cuda import conv_gather_table
+
+pytest.importorskip("triton")
+
+
+INTERPRETING = os.environ.get("TRITON_INTERPRET") == "1"
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRETING, reason="runs in the child process of test_kernels_in_triton_interpreter"
+)
+
+
+def test_kernels_in_triton_interpreter():
+    """Triton reads TRITON_INTERPRET when it is imported, so the checks below run in a child
+    pytest with the interpreter on; this test passes when they all do."""
+    if INTERPRETING:
+        pytest.skip("this is the child process")
+    child = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True,
+        cwd=Path(__file__).resolve().parents[2], check=False,
+    )  # fmt: skip
+    assert child.returncode == 0, child.stdout[-3000:] + child.stderr[-2000:]
+    assert " passed" in child.stdout and "skipped" in child.stdout
+
+
+def _index_from_size_one_arrays() -> None:
+    """Triton 3.6's interpreter turns a scalar into an index with int(array), which NumPy 2.4
+    refuses for the 1-element arrays it holds; read the element instead (the interpreter's
+    scalars are what a compiled kernel's loop bounds are)."""
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    interpreter._patch_lang_tensor = patched
+
+
+@pytest.fixture(scope="module")
+def fused():
+    _index_from_size_one_arrays()
+    from groupsparse.runtime import triton_fused
+
+    assert triton_fused.INTERPRETED
+    return triton_fused
+
+
+def _columns(groups, total, kept, generator):
+    return torch.stack(
+        [torch.randperm(total, generator=generator)[:kept].sort().values for _ in range(groups)]
+    )
+
+
+def _dense(weight, columns, total):
+    groups, group_rows, _ = weight.shape
+    dense = torch.zeros(groups * group_rows, total, dtype=weight.dtype)
+    rows = torch.arange(groups * group_rows).view(groups, group_rows, 1)
+    dense[rows, columns[:, None, :]] = weight
+    return dense
+
+
+# (batch, channels, height, width, groups, G, kept, geometry)
+CONV_CASES = [
+    (1, 4, 6, 7, 2, 16, 20, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)),
+    (3, 5, 9, 8, 3, 8, 11, (3, 3, 2, 2, 1, 1, 1, 1, 1, 1)),
+    (2, 6, 7, 7, 1, 40, 6, (1, 1, 1, 1, 0, 0, 0, 0, 1, 1)),
+    (2, 3, 11, 10, 2, 12, 17, (5, 3, 1, 2, 2, 1, 0, 2, 2, 1)),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("with_bias, relu", [(True, False), (False, True)])
+def test_fused_conv_matches_dense_conv(fused, case, with_bias, relu):
+    batch, channels, height, width, groups, group_rows, kept, geometry = case
+    generator = torch.Generator().manual_seed(hash(case) % 2**31)
+    kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
+    x = torch.randn(batch, channels, height, width, generator=generator)
+    weight = torch.randn(groups, group_rows, kept, generator=generator)
+    columns = _columns(groups, channels * kh * kw, kept, generator)
+    bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
+    out_h, out_w = conv_output_size(height, width, geometry)
+    out = torch.full((batch, groups * group_rows, out_h, out_w), float("nan"))
+    table = conv_gather_table(columns, geometry, height, width)
+    fused.fused_conv2d(x, weight, table, bias, geometry, relu, out)
+    dense = _dense(weight.double(), columns, channels * kh * kw).view(-1, channels, kh, kw)
+    expected = F.conv2d(F.pad(x.double(), (left, right, top, bottom)), dense,
+                        None if bias is None else bias.double(), stride=(sh, sw), dilation=(dh, dw))  # fmt: skip
+    expected = expected.relu() if relu else expected
+    assert not out.isnan().any(), "an output element was not written"
+    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-5
+
+
+# (tokens, in_features, groups, G, kept)
+LINEAR_CASES = [(5, 40, 2, 16, 20), (33, 64, 3, 24, 7), (1, 17, 1, 130, 17)]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", LINEAR_CASES)
+@pytest.mark.parametrize("with_bias, relu", [(True, True), (False, False)])
+def test_fused_linear_matches_dense_linear(fused, case, with_bias, relu):
+    tokens, in_features, groups, group_rows, kept = case
+    generator = torch.Generator().manual_seed(hash(case) % 2**31)
+    x = torch.randn(tokens, in_features, generator=generator)
+    weight = torch.randn(groups, group_rows, kept, generator=generator)
+    columns = _columns(groups, in_features, kept, generator)
+    bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
+    out = torch.full((tokens, groups * group_rows), float("nan"))
+    fused.fused_linear(x, weight, columns.reshape(-1).to(torch.int32), bias, relu, out)
+    expected = F.linear(x.double(), _dense(weight.double(), columns, in_features),
+                        None if bias is None else bias.double())  # fmt: skip
+    expected = expected.relu() if relu else expected
+    assert not out.isnan().any(), "an output element was not written"
+    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-5
