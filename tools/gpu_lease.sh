@@ -50,6 +50,6 @@ if [ "$BENCH_S" -gt 0 ]; then
         ${VARIANTS:+--variants "$VARIANTS"} >"$OUT/bench.log" 2>&1
     echo "bench_gpu rc=$?"
 fi
-cp bench/results/"$CARD"/* "$OUT"/ 2>/dev/null
+cp bench/results/"$CARD"/results.json bench/results/"$CARD"/*.png "$OUT"/ 2>/dev/null
 grep -E "FAILED|ERROR|passed|failed" "$OUT/tests_cuda.log" 2>/dev/null | tail -n 25
 grep -E "^  |Error|error" "$OUT/bench.log" 2>/dev/null | tail -n 60
