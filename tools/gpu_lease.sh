@@ -4,7 +4,8 @@
 #
 #   CARD=h200 MODELS=bert-base,resnet50 TESTS_S=150 BENCH_S=300 bash tools/gpu_lease.sh
 #
-# Other settings: RUNS (timed calls per measurement), VARIANTS and SPARSITIES (bench_gpu's
+# KERNELS_S > 0 also runs tools/gpu_kernels.py (per-kernel timings) for that many seconds,
+# before the benchmark. Other settings: RUNS (timed calls per measurement), VARIANTS and SPARSITIES (bench_gpu's
 # --variants / --sparsities; empty for all), TESTS (what pytest runs).
 #
 # Needs the wheels the machine lacks in .whl/ (tools/bench_gpu.py's docstring says how to
@@ -17,6 +18,7 @@ CARD=${CARD:-gpu}
 MODELS=${MODELS:-bert-base,vgg16,resnet50,vit-b16}
 TESTS_S=${TESTS_S:-150}
 BENCH_S=${BENCH_S:-300}
+KERNELS_S=${KERNELS_S:-0}
 RUNS=${RUNS:-20}
 VARIANTS=${VARIANTS:-}
 SPARSITIES=${SPARSITIES:-0.5,0.75,0.9}
@@ -39,11 +41,15 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 python3 -c "from groupsparse.runtime.cuda import cuda_available; print('cuda backend:', cuda_available())"
 if [ "$TESTS_S" -gt 0 ]; then
     # shellcheck disable=SC2086
-    timeout "$TESTS_S" python3 -m pytest $TESTS -q -p no:cacheprovider -rf --tb=short \
+    GROUPSPARSE_TRITON_AUTOTUNE=0 timeout "$TESTS_S" python3 -m pytest $TESTS -q -p no:cacheprovider -rf --tb=short \
         >"$OUT/tests_cuda.log" 2>&1
     echo "tests/cuda rc=$? ($(tail -n 1 "$OUT/tests_cuda.log"))"
 fi
 mkdir -p "bench/results/$CARD"
+if [ "$KERNELS_S" -gt 0 ]; then
+    timeout "$KERNELS_S" python3 tools/gpu_kernels.py --out "$OUT/kernels.json" >"$OUT/kernels.log" 2>&1
+    echo "gpu_kernels rc=$?"
+fi
 if [ "$BENCH_S" -gt 0 ]; then
     timeout "$BENCH_S" python3 tools/bench_gpu.py --out "bench/results/$CARD" --skip-tests \
         --models "$MODELS" --runs "$RUNS" --warmup 3 --verbose --sparsities "$SPARSITIES" \
@@ -52,4 +58,5 @@ if [ "$BENCH_S" -gt 0 ]; then
 fi
 cp bench/results/"$CARD"/results.json bench/results/"$CARD"/*.png "$OUT"/ 2>/dev/null
 grep -E "FAILED|ERROR|passed|failed" "$OUT/tests_cuda.log" 2>/dev/null | tail -n 25
-grep -E "^  |Error|error" "$OUT/bench.log" 2>/dev/null | tail -n 60
+grep -E "^  |Error|error" "$OUT/bench.log" 2>/dev/null | tail -n 40
+tail -n 45 "$OUT/kernels.log" 2>/dev/null

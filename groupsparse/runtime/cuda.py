@@ -889,9 +889,17 @@ def grouped_conv2d(
     if out.numel() == 0:
         return out
     _check_bias(bias, groups * group_rows, out.dtype)
+    batch, channels, height, width = x.shape
     with torch.cuda.device(x.device):
-        table = _RUNTIME.conv_table(columns, geometry, x.shape)
-        _triton_fused().fused_conv2d(x, weight, table, bias, geometry, relu, out)
+        if geometry[:8] == (1, 1, 1, 1, 0, 0, 0, 0):  # whole channel planes are the rows
+            planes = _RUNTIME.linear_table(columns, channels)
+            _triton_fused().rows_product(
+                x.view(batch, channels, height * width), weight, planes, bias, relu,
+                out.view(batch, out.shape[1], height * width), transposed_out=False,
+            )  # fmt: skip
+        else:
+            table = _RUNTIME.conv_table(columns, geometry, x.shape)
+            _triton_fused().fused_conv2d(x, weight, table, bias, geometry, relu, out)
     return out
 
 

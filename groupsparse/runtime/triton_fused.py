@@ -32,6 +32,8 @@ import triton.language as tl
 __all__ = ["INTERPRETED", "fused_conv2d", "fused_linear"]
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# how fused_linear gathers: "rows" of x transposed, or "columns" of x in place
+LINEAR_LAYOUT = os.environ.get("GROUPSPARSE_TRITON_LINEAR", "rows")
 
 
 # Integer arguments are not specialized (on value 1 or divisibility by 16): the loads are
@@ -125,6 +127,55 @@ def _linear_kernel(
     )
 
 
+@triton.jit
+def _rows_kernel(
+    src_ptr, w_ptr, index_ptr, bias_ptr, out_ptr,
+    kept, n, src_row_stride, src_batch_stride, out_channel_stride, out_n_stride,
+    out_batch_stride, G, relu, m_blocks,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """The product of each group's weights with the rows ``index[group]`` of a row-major
+    source whose rows are contiguous (a linear's x transposed, a 1x1 conv's image as
+    (C, H*W)): the gathered operand is whole row segments, so its loads are coalesced and,
+    where ``n`` and the strides are multiples of 16 (integer arguments are specialized on
+    that), 16 bytes wide and pipelined."""
+    group = tl.program_id(0)
+    n_block = tl.program_id(1)
+    batch = tl.program_id(2) // m_blocks
+    m_block = tl.program_id(2) % m_blocks
+    rows = m_block * BM + tl.arange(0, BM)
+    cols = n_block * BN + tl.arange(0, BN)
+    cols_ok = cols < n
+    src = src_ptr + batch.to(tl.int64) * src_batch_stride
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, kept, BK):
+        k = k0 + tl.arange(0, BK)
+        k_ok = k < kept
+        row = tl.load(index_ptr + group * kept + k, mask=k_ok, other=0).to(tl.int64)
+        b = tl.load(
+            src + row[:, None] * src_row_stride + cols[None, :],
+            mask=k_ok[:, None] & cols_ok[None, :], other=0.0,
+        )  # fmt: skip
+        a_ok = (rows < G)[:, None] & k_ok[None, :]
+        a = tl.load(w_ptr + (group * G + rows)[:, None] * kept + k[None, :], mask=a_ok, other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PRECISION)
+    channel = group * G + rows
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + channel, mask=rows < G, other=0.0).to(tl.float32)[:, None]
+    if relu != 0:
+        acc = tl.maximum(acc, 0.0)
+    target = (
+        batch.to(tl.int64) * out_batch_stride + channel.to(tl.int64)[:, None] * out_channel_stride
+    )
+    target += cols[None, :] * out_n_stride
+    tl.store(
+        out_ptr + target,
+        acc.to(out_ptr.dtype.element_ty),
+        mask=(rows < G)[:, None] & cols_ok[None, :],
+    )
+
+
 def _configs(wide: str) -> list[triton.Config]:
     """A few tile shapes to time per layer shape (``wide``: the name of the long tile side)."""
     shapes = [(128, 32, 4, 3), (128, 64, 4, 3), (256, 32, 8, 3)]
@@ -140,12 +191,37 @@ def _quick_bench(kernel_call, quantiles):
     return triton.testing.do_bench(kernel_call, warmup=3, rep=10, quantiles=quantiles)
 
 
+_ROWS_CONFIGS = [
+    triton.Config({"BN": size, "BK": depth}, num_warps=warps, num_stages=stages)
+    for size, depth, warps, stages in [
+        (128, 32, 4, 4),
+        (128, 64, 4, 3),
+        (256, 64, 8, 3),
+        (64, 64, 4, 4),
+    ]
+]
+
+# GROUPSPARSE_TRITON_AUTOTUNE=0: the first tile shape of each kernel, no timing (for tests,
+# which check arithmetic and would otherwise compile every shape for every case)
+AUTOTUNE = os.environ.get("GROUPSPARSE_TRITON_AUTOTUNE", "1") != "0"
+
 if INTERPRETED:  # one fixed tile: the interpreter checks arithmetic, not speed
     _conv = _conv_kernel
     _linear = _linear_kernel
+    _rows = _rows_kernel
     _FIXED_CONV = {"BN": 32, "BK": 16}
     _FIXED_LINEAR = {"BT": 32, "BK": 16}
+    _FIXED_ROWS = {"BN": 32, "BK": 16}
+elif not AUTOTUNE:
+    _conv, _linear, _rows = _conv_kernel, _linear_kernel, _rows_kernel
+    _FIXED_CONV = {"BN": 128, "BK": 32, "num_warps": 4, "num_stages": 3}
+    _FIXED_LINEAR = {"BT": 128, "BK": 32, "num_warps": 4, "num_stages": 3}
+    _FIXED_ROWS = {"BN": 128, "BK": 32, "num_warps": 4, "num_stages": 4}
 else:
+    _rows = triton.autotune(
+        configs=_ROWS_CONFIGS, key=["kept", "n", "G", "BM", "m_blocks"], do_bench=_quick_bench
+    )(_rows_kernel)
+    _FIXED_ROWS = {}
     _conv = triton.autotune(
         configs=_configs("BN"), key=["kept", "n_total", "G", "BM"], do_bench=_quick_bench
     )(_conv_kernel)
@@ -176,7 +252,9 @@ def fused_conv2d(
     relu: bool,
     out: torch.Tensor,
 ) -> torch.Tensor:
-    """Write the group-sparse conv of ``x`` into ``out`` (B, groups*G, OH, OW)."""
+    """Write the group-sparse conv of ``x`` into ``out`` (B, groups*G, OH, OW), gathering
+    pixel by pixel (a 1x1 conv of stride 1 without padding is better run as
+    ``rows_product`` over whole channel planes)."""
     groups, group_rows, kept = weight.shape
     batch, channels, height, width = x.shape
     out_h, out_w = out.shape[2], out.shape[3]
@@ -195,6 +273,37 @@ def fused_conv2d(
     return out
 
 
+def rows_product(
+    source: torch.Tensor,
+    weight: torch.Tensor,
+    index: torch.Tensor,
+    bias: torch.Tensor | None,
+    relu: bool,
+    out: torch.Tensor,
+    *,
+    transposed_out: bool,
+) -> torch.Tensor:
+    """``out[b, group*G + m, :] = sum_k weight[group, m, k] * source[b, index[group*k + k], :]``
+    for ``source`` (B, R, N) with contiguous rows; with ``transposed_out`` the output is
+    written as ``out[b, :, group*G + m]`` instead (``out`` (B, N, groups*G))."""
+    groups, group_rows, kept = weight.shape
+    batch, _, n = source.shape
+    block = _row_block(group_rows)
+    m_blocks = triton.cdiv(group_rows, block)
+    channel_stride, n_stride = (1, out.stride(1)) if transposed_out else (out.stride(1), 1)
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (groups, triton.cdiv(n, meta["BN"]), batch * m_blocks)
+
+    _rows[grid](
+        source, weight, index, bias if bias is not None else out, out,
+        kept, n, source.stride(1), source.stride(0), channel_stride, n_stride, out.stride(0),
+        group_rows, int(relu), m_blocks,
+        BM=block, HAS_BIAS=bias is not None, PRECISION=_precision(source.dtype), **_FIXED_ROWS,
+    )  # fmt: skip
+    return out
+
+
 def fused_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -203,7 +312,16 @@ def fused_linear(
     relu: bool,
     out: torch.Tensor,
 ) -> torch.Tensor:
-    """Write the group-sparse linear of ``x`` (T, K) into ``out`` (T, groups*G)."""
+    """Write the group-sparse linear of ``x`` (T, K) into ``out`` (T, groups*G).
+
+    ``LINEAR_LAYOUT`` "rows" (default) transposes x once, so that each kept column is a
+    contiguous row of x^T gathered whole (``rows_product``); "columns" gathers the kept
+    columns of x in place, element by element."""
+    if LINEAR_LAYOUT == "rows":
+        source = x.t().contiguous().unsqueeze(0)  # (1, K, T)
+        return rows_product(
+            source, weight, columns, bias, relu, out.unsqueeze(0), transposed_out=True
+        )
     groups, group_rows, kept = weight.shape
     tokens, in_features = x.shape
     block = _row_block(group_rows)

@@ -116,9 +116,35 @@ LINEAR_CASES = [(5, 40, 2, 16, 20), (33, 64, 3, 24, 7), (1, 17, 1, 130, 17)]
 
 
 @needs_interpreter
+@pytest.mark.parametrize(
+    "case", [(2, 6, 7, 7, 1, 40, 6), (3, 20, 4, 4, 3, 16, 9), (1, 8, 5, 3, 2, 130, 8)]
+)
+@pytest.mark.parametrize("with_bias, relu", [(True, False), (False, True)])
+def test_rows_product_is_a_1x1_conv(fused, case, with_bias, relu):
+    batch, channels, height, width, groups, group_rows, kept = case
+    generator = torch.Generator().manual_seed(hash(case) % 2**31)
+    x = torch.randn(batch, channels, height, width, generator=generator)
+    weight = torch.randn(groups, group_rows, kept, generator=generator)
+    columns = _columns(groups, channels, kept, generator)
+    bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
+    out = torch.full((batch, groups * group_rows, height, width), float("nan"))
+    fused.rows_product(
+        x.view(batch, channels, -1), weight, columns.reshape(-1).to(torch.int32), bias, relu,
+        out.view(batch, groups * group_rows, -1), transposed_out=False,
+    )  # fmt: skip
+    dense = _dense(weight.double(), columns, channels).view(-1, channels, 1, 1)
+    expected = F.conv2d(x.double(), dense, None if bias is None else bias.double())
+    expected = expected.relu() if relu else expected
+    assert not out.isnan().any(), "an output element was not written"
+    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-5
+
+
+@needs_interpreter
+@pytest.mark.parametrize("layout", ["rows", "columns"])
 @pytest.mark.parametrize("case", LINEAR_CASES)
 @pytest.mark.parametrize("with_bias, relu", [(True, True), (False, False)])
-def test_fused_linear_matches_dense_linear(fused, case, with_bias, relu):
+def test_fused_linear_matches_dense_linear(fused, case, with_bias, relu, layout, monkeypatch):
+    monkeypatch.setattr(fused, "LINEAR_LAYOUT", layout)
     tokens, in_features, groups, group_rows, kept = case
     generator = torch.Generator().manual_seed(hash(case) % 2**31)
     x = torch.randn(tokens, in_features, generator=generator)

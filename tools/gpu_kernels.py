@@ -1,0 +1,190 @@
+"""Per-kernel timings of group-sparse layers on a GPU: every CUDA kernel groupsparse has, on
+the layer shapes that matter, against the dense layer (cuBLAS / cuDNN), in one process.
+
+    python tools/gpu_kernels.py --out bench/results/<card>/kernels.json
+
+Kernels timed (float16, batch 32; each also checked against the dense layer of the masked
+weight, relative error in the table):
+
+    dense      F.linear / F.conv2d of the masked weight
+    fused      cuda.grouped_linear / grouped_conv2d (Triton: rows of x^T for linears and
+               1x1 convs, pixel gather for other convs)
+    columns    linears only: the Triton kernel that gathers x's columns in place
+    pixels     1x1 convs only: the pixel-gather Triton kernel (what other convs run)
+    two-step   gather kernel + cuBLAS (cuda.grouped_*_torch)
+
+Each is timed twice: eager (CUDA events around each call, host launch cost included when it
+exceeds the GPU's) and replayed from a CUDA graph (the GPU's time alone); the median of
+``--runs`` calls. Needs a GPU; prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# (name, kind, in, out, spatial or tokens, kernel size)
+LAYERS = [
+    ("bert 768->3072", "linear", 768, 3072, 4096, 0),
+    ("bert 3072->768", "linear", 3072, 768, 4096, 0),
+    ("bert 768->768", "linear", 768, 768, 4096, 0),
+    ("resnet 1x1 256->64 56", "conv", 256, 64, 56, 1),
+    ("resnet 1x1 64->256 56", "conv", 64, 256, 56, 1),
+    ("resnet 1x1 1024->256 14", "conv", 1024, 256, 14, 1),
+    ("resnet 1x1 512->2048 7", "conv", 512, 2048, 7, 1),
+    ("vgg 3x3 256 56", "conv", 256, 256, 56, 3),
+    ("vgg 3x3 512 28", "conv", 512, 512, 28, 3),
+    ("resnet 3x3 256 14", "conv", 256, 256, 14, 3),
+]
+
+
+def _problem(kind, cin, cout, size, ksize, sparsity, group_size, batch, dtype):
+    columns_total = cin * ksize * ksize if kind == "conv" else cin
+    kept = max(1, round(columns_total * (1 - sparsity)))
+    groups = cout // group_size
+    columns = torch.stack(
+        [torch.randperm(columns_total)[:kept].sort().values for _ in range(groups)]
+    ).cuda()
+    weight = (torch.randn(groups, group_size, kept, device="cuda") / kept**0.5).to(dtype)
+    dense = torch.zeros(cout, columns_total, device="cuda", dtype=dtype)
+    rows = torch.arange(cout, device="cuda").view(groups, group_size, 1)
+    dense[rows, columns[:, None, :]] = weight
+    bias = torch.randn(cout, device="cuda", dtype=dtype)
+    if kind == "linear":
+        x = torch.randn(size, cin, device="cuda", dtype=dtype)
+        return x, weight, columns, bias, dense, None
+    x = torch.randn(batch, cin, size, size, device="cuda", dtype=dtype)
+    pad = ksize // 2
+    geometry = (ksize, ksize, 1, 1, pad, pad, pad, pad, 1, 1)
+    return x, weight, columns, bias, dense.view(cout, cin, ksize, ksize), geometry
+
+
+def _calls(kind, x, weight, columns, bias, dense, geometry):
+    from groupsparse.runtime import cuda, triton_fused
+
+    if kind == "linear":
+        calls = {
+            "dense": lambda: F.linear(x, dense, bias),
+            "fused": lambda: cuda.grouped_linear(x, weight, columns, bias),
+            "two-step": lambda: cuda.grouped_linear_torch(x, weight, columns, bias),
+        }
+        table = cuda._RUNTIME.linear_table(columns, x.shape[-1])
+
+        def columns_layout():
+            out = torch.empty(x.shape[0], bias.numel(), device="cuda", dtype=x.dtype)
+            saved, triton_fused.LINEAR_LAYOUT = triton_fused.LINEAR_LAYOUT, "columns"
+            try:
+                return triton_fused.fused_linear(x, weight, table, bias, False, out)
+            finally:
+                triton_fused.LINEAR_LAYOUT = saved
+
+        calls["columns"] = columns_layout
+        return calls
+    pad = geometry[4]
+    calls = {
+        "dense": lambda: F.conv2d(x, dense, bias, padding=pad),
+        "fused": lambda: cuda.grouped_conv2d(x, weight, columns, bias, geometry),
+        "two-step": lambda: cuda.grouped_conv2d_torch(x, weight, columns, bias, geometry),
+    }
+    if geometry[0] == 1:
+        table = cuda._RUNTIME.conv_table(columns, geometry, x.shape)
+
+        def pixels():
+            out = torch.empty(x.shape[0], bias.numel(), *x.shape[2:], device="cuda", dtype=x.dtype)
+            return triton_fused.fused_conv2d(x, weight, table, bias, geometry, False, out)
+
+        calls["pixels"] = pixels
+    return calls
+
+
+def _median_ms(call, runs):
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+             for _ in range(runs)]  # fmt: skip
+    for start, end in pairs:
+        start.record()
+        call()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(start.elapsed_time(end) for start, end in pairs)
+
+
+def _graphed(call):
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    return graph.replay
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python tools/gpu_kernels.py", description=__doc__)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--sparsities", default="0.75,0.9")
+    parser.add_argument("--group-sizes", default="32,64")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_kernels: no CUDA GPU here")
+        return 2
+    torch.manual_seed(0)
+    records = []
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    for name, kind, cin, cout, size, ksize in LAYERS:
+        for group_size in map(int, args.group_sizes.split(",")):
+            for sparsity in map(float, args.sparsities.split(",")):
+                problem = _problem(kind, cin, cout, size, ksize, sparsity, group_size, args.batch,
+                                   torch.float16)  # fmt: skip
+                calls = _calls(kind, *problem)
+                record = {"layer": name, "G": group_size, "sparsity": sparsity}
+                with torch.inference_mode():
+                    expected = calls["dense"]().double()
+                    for variant, call in calls.items():
+                        try:
+                            for _ in range(3):  # compiles and autotunes
+                                out = call()
+                            error = ((out.double() - expected).norm() / expected.norm()).item()
+                            record[variant] = {
+                                "eager_ms": _median_ms(call, args.runs),
+                                "graph_ms": _median_ms(_graphed(call), args.runs),
+                                "relative_error": error,
+                            }
+                        except Exception as failure:  # noqa: BLE001 (recorded, the run goes on)
+                            record[variant] = {
+                                "error": f"{type(failure).__name__}: {failure}"[:300]
+                            }
+                records.append(record)
+                args.out.write_text(json.dumps(records, indent=1))
+                dense = record["dense"].get("graph_ms")
+                cells = []
+                for variant in ("fused", "columns", "pixels", "two-step"):
+                    value = record.get(variant)
+                    if value is None:
+                        continue
+                    if "error" in value:
+                        cells.append(f"{variant} ERR {value['error'][:80]}")
+                    else:
+                        cells.append(f"{variant} {dense / value['graph_ms']:.2f}x "
+                                     f"({value['graph_ms']:.3f}/{value['eager_ms']:.3f}, "
+                                     f"e{value['relative_error']:.0e})")  # fmt: skip
+                print(f"{name:24s} G={group_size:3d} s={sparsity:.2f} dense {dense:.3f} ms | "
+                      + " | ".join(cells), flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
