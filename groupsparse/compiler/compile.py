@@ -16,6 +16,7 @@ from ..layers import prunable_layers
 from ..passes import CompileContext, CompileOptions
 from ..passes.common import META_INPUT, META_LAYER, META_PLAN, META_STRUCTURE
 from .capture import capture
+from .cuda_graph import GraphReplay
 from .pipeline import run_pipeline
 from .report import Report, ReportRow
 
@@ -34,14 +35,25 @@ class SparseModule(nn.Module):
     """
 
     def __init__(
-        self, graph_module: fx.GraphModule, report: Report, steps: list[tuple[str, str]]
+        self,
+        graph_module: fx.GraphModule,
+        report: Report,
+        steps: list[tuple[str, str]],
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         self.graph_module = graph_module
         self.report = report
         self.steps = steps  # (pass name, graph code after it), for inspection
+        # compile_sparse(cuda_graph=True): CUDA inputs replay a graph per input signature
+        self.graphs = GraphReplay(self._run) if cuda_graph else None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.graphs is not None:
+            return self.graphs(*args, **kwargs)
+        return self._run(*args, **kwargs)
+
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return self.graph_module(*args, **kwargs)
         except AssertionError as error:
@@ -96,6 +108,18 @@ def _check_backend(backend: str, model: nn.Module, example_inputs: tuple[Any, ..
                 f"(model.cuda()); found {sorted(devices) or ['no tensors']}"
             )
         _backend(torch.device("cuda"))  # raises BackendUnavailable with what to install
+
+
+def _check_graphable(backend: str, model: nn.Module, example_inputs: tuple[Any, ...]) -> None:
+    devices = {t.device.type for t in [*model.parameters(), *model.buffers()]}
+    devices |= {x.device.type for x in example_inputs if isinstance(x, torch.Tensor)}
+    if backend == "cpu" or devices != {"cuda"}:
+        raise ValueError(
+            "cuda_graph=True replays CUDA graphs: it needs backend 'cuda' or 'auto' and the model "
+            f"and example inputs on a CUDA device (model.cuda()); got backend={backend!r}, "
+            f"devices {sorted(devices) or ['no tensors']}"
+        )
+    _check_backend("cuda", model, example_inputs)
 
 
 def _apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -169,6 +193,7 @@ def compile_sparse(
     exclude: tuple[str, ...] | list[str] = (),
     min_speedup: float = 1.05,
     capture_with: str = "auto",
+    cuda_graph: bool = False,
 ) -> SparseModule:
     """Compile a pruned model: group-wise sparse conv2d/linear layers become one gather plus
     one grouped GEMM each; every other layer, and any that would not be faster, stays dense.
@@ -185,6 +210,10 @@ def compile_sparse(
         kernel: "grouped" (default; on the CPU the native kernel or, where timed faster, the
             torch-ops one), "grouped_torch" or "loop" (the earlier per-group implementation).
         exclude: layer names (fnmatch patterns) to leave dense.
+        cuda_graph: (CUDA only) replay the compiled model from CUDA graphs, one captured per
+            input signature (``compiler/cuda_graph.py``), and decide each layer by its
+            kernels' GPU time (what a graph replay pays) rather than eager time, which on a
+            GPU is mostly Python launch cost.
 
     Example::
 
@@ -197,7 +226,11 @@ def compile_sparse(
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     example_inputs = _as_tuple(example_inputs)
     _check_backend(backend, model, example_inputs)
-    options = CompileOptions(decide=decide, kernel=kernel, min_speedup=min_speedup)
+    if cuda_graph:
+        _check_graphable(backend, model, example_inputs)
+    options = CompileOptions(
+        decide=decide, kernel=kernel, min_speedup=min_speedup, cuda_graph=cuda_graph
+    )
     if isinstance(exclude, str):
         exclude = (exclude,)
     exclude = tuple(exclude)
@@ -233,7 +266,7 @@ def compile_sparse(
         )
     report = Report([ReportRow.from_plan(p) for p in plans], capture=how)
     _forget_plan_tensors(gm)
-    return SparseModule(gm, report, steps)
+    return SparseModule(gm, report, steps, cuda_graph=cuda_graph)
 
 
 def _forget_plan_tensors(gm: fx.GraphModule) -> None:

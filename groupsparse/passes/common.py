@@ -68,6 +68,8 @@ class CompileOptions:
     - ``native_pooling``: run max-pools on groupsparse's NCHW kernel (on the CPU; torch's own
       NCHW max-pool is several times slower); the groupsparse torch.compile backend turns it
       off when Inductor compiles the rest, which generates its own.
+    - ``cuda_graph``: the model will be replayed from CUDA graphs, so "time" compares each
+      layer's kernels as graph replays (their GPU time, without Python's launch cost).
     """
 
     decide: str = "time"
@@ -77,6 +79,7 @@ class CompileOptions:
     native_pooling: bool = True
     timing_runs: int = 7
     max_kept_fraction: float = 0.8
+    cuda_graph: bool = False
 
     def __post_init__(self) -> None:
         if self.decide not in ("time", "cost", "always"):

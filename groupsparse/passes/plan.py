@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import fx
 
 from ..runtime import cpu, ops  # ops also registers torch.ops.groupsparse
-from ..timing import time_side_by_side
+from ..timing import time_graphs_side_by_side, time_side_by_side
 from .analyze import LayerStructure
 from .common import (
     META_INPUT,
@@ -260,9 +260,12 @@ def _plan_layer(
         kernels.append("grouped_torch")  # two grouped kernels here: keep the faster
     calls = {"dense": _dense_call(layer, x)}
     calls.update((kernel, sparse_call(candidate, x, kernel)) for kernel in kernels)
+    timing = time_side_by_side
+    if options.cuda_graph and x.device.type == "cuda":
+        timing = time_graphs_side_by_side
     with torch.no_grad():
         # in turns, so that a machine that speeds up or slows down moves all alike
-        times = time_side_by_side(calls, options.timing_runs, warmup=2)
+        times = timing(calls, options.timing_runs, warmup=2)
     kernel = min(kernels, key=times.__getitem__)
     dense_ms, sparse_ms = times["dense"], times[kernel]
     timed = _with(candidate, kernel=kernel, dense_ms=dense_ms, sparse_ms=sparse_ms)

@@ -59,3 +59,49 @@ def test_torch_compile_backend_on_cuda_matches_masked_eager():
         assert max_relative_error(compiled(x), model(x)) < 1e-4
     assert reports and set(reports[0].rewritten) == {"conv1", "conv2", "conv3", "fc", "head"}
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("decide", ["always", "time"])
+def test_cuda_graph_replay_matches_masked_eager_for_each_batch(decide):
+    model = _sparse_cnn().to("cuda").eval()
+    fast = gs.compile_sparse(
+        model, torch.randn(2, 3, 8, 8, device="cuda"), decide=decide, cuda_graph=True
+    )
+    with torch.no_grad():
+        first = torch.randn(3, 3, 8, 8, device="cuda")
+        out_first = fast(first)
+        for batch in (3, 1, 5, 3):  # 3 again: its graph is replayed, not captured anew
+            x = torch.randn(batch, 3, 8, 8, device="cuda")
+            assert max_relative_error(fast(x), model(x)) < 1e-4
+        # what an earlier call returned is not overwritten by later replays
+        assert max_relative_error(out_first, model(first)) < 1e-4
+    assert len(fast.graphs) == 3
+
+
+def test_cuda_graph_keeps_at_most_max_graphs():
+    from groupsparse.compiler.cuda_graph import GraphReplay
+
+    model = _sparse_cnn().to("cuda").eval()
+    replay = GraphReplay(model, max_graphs=2)
+    with torch.no_grad():
+        for batch in (1, 2, 3, 1):
+            x = torch.randn(batch, 3, 8, 8, device="cuda")
+            assert max_relative_error(replay(x), model(x)) < 1e-5
+    assert len(replay) == 2
+
+
+def test_tiny_bert_replayed_from_cuda_graphs():
+    pytest.importorskip("transformers")
+    from groupsparse.models import build_model
+
+    model, _ = build_model("tiny-bert", seq_len=16)
+    group_sparsify(model, 0.75, 16)
+    model = model.to("cuda").eval()
+    ids = torch.randint(0, 1000, (2, 16), device="cuda")
+    fast = gs.compile_sparse(model, (ids,), decide="always", cuda_graph=True)
+    with torch.no_grad():
+        for _ in range(2):
+            other = torch.randint(0, 1000, (2, 16), device="cuda")
+            expected = model(other).last_hidden_state
+            assert max_relative_error(fast(other).last_hidden_state, expected) < 1e-4
+    assert len(fast.graphs) == 1
