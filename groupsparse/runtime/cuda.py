@@ -511,6 +511,30 @@ class _Runtime:
         self.tables[key] = (columns, table)  # holding columns keeps its address from being reused
         return table
 
+    def wide_tables(
+        self, columns: torch.Tensor, geometry: ConvGeometry, channels: int, pitch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """triton_fused.wide_conv2d's (rows, shifts) for a layer, built once."""
+        key = (
+            "wide",
+            columns.data_ptr(),
+            columns._version,
+            columns.shape,
+            geometry,
+            channels,
+            pitch,
+        )
+        cached = self.tables.get(key)
+        if cached is not None:
+            return cached[1]
+        self._first_use("build a layer's index table")
+        _check_columns(columns, channels * geometry[0] * geometry[1])
+        from .triton_fused import wide_tables
+
+        tables = wide_tables(columns, geometry, channels, pitch)
+        self.tables[key] = (columns, tables)
+        return tables
+
     def linear_table(self, columns: torch.Tensor, in_features: int) -> torch.Tensor:
         key = ("linear", columns.data_ptr(), columns._version, columns.shape, in_features)
         cached = self.tables.get(key)
@@ -891,12 +915,17 @@ def grouped_conv2d(
     _check_bias(bias, groups * group_rows, out.dtype)
     batch, channels, height, width = x.shape
     with torch.cuda.device(x.device):
+        fused = _triton_fused()
+        wide = fused.wide_plan(geometry, height, width)
         if geometry[:8] == (1, 1, 1, 1, 0, 0, 0, 0):  # whole channel planes are the rows
             planes = _RUNTIME.linear_table(columns, channels)
-            _triton_fused().rows_product(
+            fused.rows_product(
                 x.view(batch, channels, height * width), weight, planes, bias, relu,
                 out.view(batch, out.shape[1], height * width), transposed_out=False,
             )  # fmt: skip
+        elif wide is not None:  # stride 1: taps are aligned runs of shifted padded copies
+            rows, shifts = _RUNTIME.wide_tables(columns, geometry, channels, wide[0])
+            fused.wide_conv2d(x, weight, rows, shifts, bias, geometry, relu, out, wide)
         else:
             table = _RUNTIME.conv_table(columns, geometry, x.shape)
             _triton_fused().fused_conv2d(x, weight, table, bias, geometry, relu, out)

@@ -129,17 +129,23 @@ def _linear_kernel(
 
 @triton.jit
 def _rows_kernel(
-    src_ptr, w_ptr, index_ptr, bias_ptr, out_ptr,
+    src_ptr, w_ptr, index_ptr, shift_ptr, bias_ptr, out_ptr,
     kept, n, src_row_stride, src_batch_stride, out_channel_stride, out_n_stride,
-    out_batch_stride, G, relu, m_blocks,
+    out_batch_stride, wide_pitch, out_w, G, relu, m_blocks,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, SHIFTED: tl.constexpr,
+    WIDE: tl.constexpr,
 ):  # fmt: skip
     """The product of each group's weights with the rows ``index[group]`` of a row-major
     source whose rows are contiguous (a linear's x transposed, a 1x1 conv's image as
     (C, H*W)): the gathered operand is whole row segments, so its loads are coalesced and,
     where ``n`` and the strides are multiples of 16 (integer arguments are specialized on
-    that), 16 bytes wide and pipelined."""
+    that), 16 bytes wide and pipelined.
+
+    ``SHIFTED``: row k starts ``16 * shift[k]`` elements into its source row (a 3x3 tap's
+    rows below, in ``wide_conv2d``; loaded as multiples of 16 so the loads stay aligned).
+    ``WIDE``: column ``j`` is output pixel ``(j // wide_pitch, j % wide_pitch)``, written only
+    where the second is below ``out_w`` (the wide grid's last columns are junk)."""
     group = tl.program_id(0)
     n_block = tl.program_id(1)
     batch = tl.program_id(2) // m_blocks
@@ -153,8 +159,11 @@ def _rows_kernel(
         k = k0 + tl.arange(0, BK)
         k_ok = k < kept
         row = tl.load(index_ptr + group * kept + k, mask=k_ok, other=0).to(tl.int64)
+        start = row * src_row_stride
+        if SHIFTED:
+            start += tl.load(shift_ptr + group * kept + k, mask=k_ok, other=0).to(tl.int64) * 16
         b = tl.load(
-            src + row[:, None] * src_row_stride + cols[None, :],
+            src + start[:, None] + cols[None, :],
             mask=k_ok[:, None] & cols_ok[None, :], other=0.0,
         )  # fmt: skip
         a_ok = (rows < G)[:, None] & k_ok[None, :]
@@ -168,7 +177,13 @@ def _rows_kernel(
     target = (
         batch.to(tl.int64) * out_batch_stride + channel.to(tl.int64)[:, None] * out_channel_stride
     )
-    target += cols[None, :] * out_n_stride
+    if WIDE:
+        column = cols % wide_pitch
+        cols_ok = cols_ok & (column < out_w)
+        position = (cols // wide_pitch) * out_w + column
+    else:
+        position = cols
+    target += position[None, :] * out_n_stride
     tl.store(
         out_ptr + target,
         acc.to(out_ptr.dtype.element_ty),
@@ -296,10 +311,101 @@ def rows_product(
         return (groups, triton.cdiv(n, meta["BN"]), batch * m_blocks)
 
     _rows[grid](
-        source, weight, index, bias if bias is not None else out, out,
+        source, weight, index, index, bias if bias is not None else out, out,
         kept, n, source.stride(1), source.stride(0), channel_stride, n_stride, out.stride(0),
-        group_rows, int(relu), m_blocks,
-        BM=block, HAS_BIAS=bias is not None, PRECISION=_precision(source.dtype), **_FIXED_ROWS,
+        1, 1, group_rows, int(relu), m_blocks,
+        BM=block, HAS_BIAS=bias is not None, PRECISION=_precision(source.dtype),
+        SHIFTED=False, WIDE=False, **_FIXED_ROWS,
+    )  # fmt: skip
+    return out
+
+
+def wide_plan(
+    geometry: tuple[int, ...], height: int, width: int, max_junk: float = 0.25
+) -> tuple[int, int, int] | None:
+    """``(pitch, padded_height, plane)`` of ``wide_conv2d`` for a conv of ``geometry`` on
+    ``height x width`` images, or None where it does not apply: strides other than 1, or a
+    wide grid whose junk columns would be more than ``max_junk`` of it (small images)."""
+    kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
+    if (sh, sw) != (1, 1):
+        return None
+    out_w = width + left + right - (kw - 1) * dw
+    out_h = height + top + bottom - (kh - 1) * dh
+    if out_w < 1 or out_h < 1:
+        return None
+    pitch = -(-(out_w + (kw - 1) * dw) // 16) * 16
+    if out_w < (1 - max_junk) * pitch:
+        return None
+    padded_height = out_h + (kh - 1) * dh
+    return pitch, padded_height, padded_height * pitch
+
+
+def wide_tables(
+    columns: torch.Tensor, geometry: tuple[int, ...], channels: int, pitch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``wide_conv2d``'s per-column tables, int32: the source row of each kept im2col column
+    (``kx * C + c``: the copy shifted by its tap's column, then its channel) and its start
+    in that row in units of 16 elements (``ky * dh * pitch / 16``)."""
+    kh, kw, dh = geometry[0], geometry[1], geometry[8]
+    flat = columns.reshape(-1).to(torch.int64)
+    channel, tap = flat // (kh * kw), flat % (kh * kw)
+    row = (tap % kw) * channels + channel
+    shift = (tap // kw) * dh * pitch // 16
+    return row.to(torch.int32).contiguous(), shift.to(torch.int32).contiguous()
+
+
+def wide_source(
+    x: torch.Tensor, geometry: tuple[int, ...], pitch: int, padded_height: int
+) -> torch.Tensor:
+    """``(B, KW, C, padded_height * pitch)``: the zero-padded images laid out on rows of
+    ``pitch`` pixels, once per kernel column ``kx``, shifted left by ``kx * dw``, so that
+    every tap's rows start on a 16-element boundary."""
+    _, kw, _, _, top, _, left, _, _, dw = geometry
+    batch, channels, height, width = x.shape
+    plane = padded_height * pitch
+    padded = x.new_zeros(batch, channels, plane + (kw - 1) * dw)
+    grid = padded[:, :, :plane].view(batch, channels, padded_height, pitch)
+    rows = min(height, padded_height - top)
+    cols = min(width, pitch - left)
+    grid[:, :, top : top + rows, left : left + cols] = x[:, :, :rows, :cols]
+    return torch.stack([padded[:, :, kx * dw : kx * dw + plane] for kx in range(kw)], dim=1)
+
+
+def wide_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    shifts: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: tuple[int, ...],
+    relu: bool,
+    out: torch.Tensor,
+    plan: tuple[int, int, int],
+) -> torch.Tensor:
+    """A stride-1 conv as ``rows_product`` over a wide grid: with the images padded and
+    laid out on rows of ``pitch`` pixels (a multiple of 16), tap ``(ky, kx)`` of channel
+    ``c`` is one contiguous, aligned run of a shifted copy of the image; outputs are computed
+    on the wide grid and the junk columns (``ox >= OW``) are not written. Costs ``KW``
+    padded copies of the input; ``plan`` is ``wide_plan``'s."""
+    pitch, padded_height, _ = plan
+    groups, group_rows, kept = weight.shape
+    batch = x.shape[0]
+    out_h, out_w = out.shape[2], out.shape[3]
+    source = wide_source(x, geometry, pitch, padded_height)  # (B, KW, C, plane)
+    source = source.view(batch, -1, source.shape[-1])  # rows kx*C + c
+    block = _row_block(group_rows)
+    m_blocks = triton.cdiv(group_rows, block)
+    n = out_h * pitch
+
+    def grid(meta: dict) -> tuple[int, int, int]:
+        return (groups, triton.cdiv(n, meta["BN"]), batch * m_blocks)
+
+    _rows[grid](
+        source, weight, rows, shifts, bias if bias is not None else out, out,
+        kept, n, source.stride(1), source.stride(0), out.stride(1), 1, out.stride(0),
+        pitch, out_w, group_rows, int(relu), m_blocks,
+        BM=block, HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype),
+        SHIFTED=True, WIDE=True, **_FIXED_ROWS,
     )  # fmt: skip
     return out
 

@@ -111,6 +111,50 @@ def test_fused_conv_matches_dense_conv(fused, case, with_bias, relu):
     assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-5
 
 
+WIDE_CASES = [
+    (1, 4, 6, 7, 2, 16, 20, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)),
+    (2, 5, 9, 12, 3, 8, 13, (3, 3, 1, 1, 2, 2, 2, 2, 2, 2)),
+    (2, 3, 8, 9, 1, 24, 30, (3, 5, 1, 1, 1, 2, 0, 3, 1, 1)),
+    (3, 6, 5, 5, 2, 16, 4, (1, 1, 1, 1, 1, 1, 1, 1, 1, 1)),
+    (1, 2, 20, 17, 1, 16, 18, (3, 3, 1, 1, 0, 0, 0, 0, 1, 1)),
+]
+
+
+@needs_interpreter
+@pytest.mark.parametrize("case", WIDE_CASES)
+@pytest.mark.parametrize("with_bias, relu", [(True, False), (False, True)])
+def test_wide_conv_matches_dense_conv(fused, case, with_bias, relu):
+    batch, channels, height, width, groups, group_rows, kept, geometry = case
+    generator = torch.Generator().manual_seed(hash(case) % 2**31)
+    kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
+    x = torch.randn(batch, channels, height, width, generator=generator)
+    weight = torch.randn(groups, group_rows, kept, generator=generator)
+    columns = _columns(groups, channels * kh * kw, kept, generator)
+    bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
+    out_h, out_w = conv_output_size(height, width, geometry)
+    out = torch.full((batch, groups * group_rows, out_h, out_w), float("nan"))
+    plan = fused.wide_plan(geometry, height, width, max_junk=1.0)
+    assert plan is not None and plan[0] % 16 == 0
+    rows, shifts = fused.wide_tables(columns, geometry, channels, plan[0])
+    fused.wide_conv2d(x, weight, rows, shifts, bias, geometry, relu, out, plan)
+    dense = _dense(weight.double(), columns, channels * kh * kw).view(-1, channels, kh, kw)
+    expected = F.conv2d(F.pad(x.double(), (left, right, top, bottom)), dense,
+                        None if bias is None else bias.double(), stride=(sh, sw), dilation=(dh, dw))  # fmt: skip
+    expected = expected.relu() if relu else expected
+    assert not out.isnan().any(), "an output element was not written"
+    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-5
+
+
+def test_wide_plan_applies_to_stride_1_on_images_wide_enough():
+    from groupsparse.runtime.triton_fused import wide_plan
+
+    same = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    assert wide_plan(same, 56, 56) == (64, 58, 58 * 64)
+    assert wide_plan(same, 14, 14) == (16, 16, 256)
+    assert wide_plan(same, 7, 7) is None  # 7 of 16 columns would be real
+    assert wide_plan((3, 3, 2, 2, 1, 1, 1, 1, 1, 1), 56, 56) is None
+
+
 # (tokens, in_features, groups, G, kept)
 LINEAR_CASES = [(5, 40, 2, 16, 20), (33, 64, 3, 24, 7), (1, 17, 1, 130, 17)]
 
