@@ -8,9 +8,10 @@ weight, relative error in the table):
 
     dense      F.linear / F.conv2d of the masked weight
     fused      cuda.grouped_linear / grouped_conv2d (Triton: rows of x^T for linears and
-               1x1 convs, pixel gather for other convs)
+               1x1 convs, the wide grid for stride-1 convs on images from 14x14 up, the
+               pixel gather for the rest)
     columns    linears only: the Triton kernel that gathers x's columns in place
-    pixels     1x1 convs only: the pixel-gather Triton kernel (what other convs run)
+    pixels     convs only: the pixel-by-pixel gather Triton kernel
     two-step   gather kernel + cuBLAS (cuda.grouped_*_torch)
 
 Each is timed twice: eager (CUDA events around each call, host launch cost included when it
@@ -95,14 +96,13 @@ def _calls(kind, x, weight, columns, bias, dense, geometry):
         "fused": lambda: cuda.grouped_conv2d(x, weight, columns, bias, geometry),
         "two-step": lambda: cuda.grouped_conv2d_torch(x, weight, columns, bias, geometry),
     }
-    if geometry[0] == 1:
-        table = cuda._RUNTIME.conv_table(columns, geometry, x.shape)
+    table = cuda._RUNTIME.conv_table(columns, geometry, x.shape)
 
-        def pixels():
-            out = torch.empty(x.shape[0], bias.numel(), *x.shape[2:], device="cuda", dtype=x.dtype)
-            return triton_fused.fused_conv2d(x, weight, table, bias, geometry, False, out)
+    def pixels():  # the pixel-by-pixel gather, against the rows / wide-grid paths
+        out = torch.empty(x.shape[0], bias.numel(), *x.shape[2:], device="cuda", dtype=x.dtype)
+        return triton_fused.fused_conv2d(x, weight, table, bias, geometry, False, out)
 
-        calls["pixels"] = pixels
+    calls["pixels"] = pixels
     return calls
 
 
