@@ -427,34 +427,53 @@ def _native_conv2d(
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``grouped_conv2d`` by the native kernel: stride-1 convs on the wide grid (each tile of
-    pixels is one contiguous run of every column), others on the narrow one."""
-    groups, group_rows, _ = weight.shape
-    grid = _ConvGrid(x.shape, geometry, wide=True)
+    pixels is one contiguous run of every column), others on the narrow one. The kernel's
+    arguments are built once per layer and input shape (``_prepared_conv``)."""
+    call, out_shape = memo(
+        (weight, columns, bias),
+        ("conv", tuple(geometry), relu, tuple(x.shape)),
+        lambda: _prepared_conv(x.shape, weight, columns, bias, geometry, relu),
+    )
     flat = _padded_flat(x, geometry, use_native=True)
-    offsets = _cached_column_offsets(columns, geometry, grid.padded_h, grid.padded_w)
+    out = x.new_empty(out_shape)
+    return call(flat, out, None if residual is None else residual.contiguous())
+
+
+def _prepared_conv(
+    shape: torch.Size,
+    weight: torch.Tensor,
+    columns: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: ConvGeometry,
+    relu: bool,
+) -> tuple[native.ConvCall, tuple[int, ...]]:
+    groups, group_rows, _ = weight.shape
+    grid = _ConvGrid(shape, geometry, wide=True)
+    taps = grid.channels * geometry[0] * geometry[1]
+    if columns.numel() and (int(columns.min()) < 0 or int(columns.max()) >= taps):
+        raise IndexError(f"columns must index the layer's {taps} im2col columns")
+    offsets = _column_offsets(columns.reshape(-1), geometry, grid.padded_h, grid.padded_w)
     if grid.wide:
         mapping = (grid.padded_w, grid.padded_w, 1)
     else:
         mapping = (grid.out_w, grid.sh * grid.padded_w, grid.sw)
-    out = x.new_empty(grid.batch, groups * group_rows, grid.out_h, grid.out_w)
-    return native.grouped_gemm(
-        flat,
+    out_shape = (grid.batch, groups * group_rows, grid.out_h, grid.out_w)
+    call = native.ConvCall(
         offsets.to(torch.int64).contiguous(),
         weight.contiguous(),
         None if bias is None else bias.contiguous(),
-        out,
         batch=grid.batch,
         image=grid.image,
-        out_image=out[0].numel() if grid.batch else 0,
+        out_image=groups * group_rows * grid.out_h * grid.out_w,
         pixels=grid.pixels,
         grid=mapping,
         valid_w=grid.out_w,
         dst_row=grid.out_w,
         out_channel=grid.out_h * grid.out_w,
         relu=relu,
-        residual=None if residual is None else residual.contiguous(),
         tile=_tile_pixels(grid.pixels),
     )
+    return call, out_shape
 
 
 def k_major(weight: torch.Tensor) -> torch.Tensor:
@@ -464,35 +483,57 @@ def k_major(weight: torch.Tensor) -> torch.Tensor:
     return weight.transpose(1, 2).contiguous().transpose(1, 2)
 
 
-_BLOCKED: dict[int, tuple[weakref.ref, tuple, torch.Tensor]] = {}
+# what memo() remembers: key -> (weak references to its tensors, their stamps, value)
+_MEMO: dict[tuple, tuple[tuple, list, object]] = {}
+_MEMO_LIMIT = 4096
+
+
+def memo(tensors: tuple[torch.Tensor | None, ...], extra: tuple, build):
+    """``build()``, remembered per layer: keyed by the identities of ``tensors`` (a plan's
+    weights, kept columns, bias: the same tensor objects on every call) and ``extra``, and
+    built again after an in-place change to one of them (its version counter moves) or when
+    one is collected. Tensors without a version counter (inference tensors) are never
+    remembered: ``build()`` runs on every call."""
+    stamps = []
+    for tensor in tensors:
+        if tensor is None:
+            stamps.append(None)
+            continue
+        try:
+            stamps.append((tensor._version, tensor.data_ptr()))
+        except RuntimeError:
+            return build()
+    key = (*(id(tensor) for tensor in tensors), *extra)
+    hit = _MEMO.get(key)
+    if (
+        hit is not None
+        and hit[1] == stamps
+        and all(ref is None or ref() is t for ref, t in zip(hit[0], tensors, strict=True))
+    ):
+        return hit[2]
+    value = build()
+    forget = lambda _, key=key, table=_MEMO: table.pop(key, None)  # (at exit too)
+    refs = tuple(None if t is None else weakref.ref(t, forget) for t in tensors)
+    if len(_MEMO) >= _MEMO_LIMIT:
+        _MEMO.clear()
+    _MEMO[key] = (refs, stamps, value)
+    return value
 
 
 def blocked_linear_weight(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` ``(groups, G, k)`` as the native linear kernel reads it: ``(groups,
     ceil(G / 16), k, 16)``, each block of 16 features' weights one sequential stream, zero rows
     past G (reading k-major rows 16 at a time instead took 9-13% longer on BERT's linears at
-    75%). Packed once per weight tensor and remembered while that tensor lives, unchanged (a
-    plan's weights are the same tensor on every call); packed again after an in-place change
-    (its version counter moves) and on every call for tensors without a version counter
-    (inference tensors)."""
-    try:
-        version = weight._version
-    except RuntimeError:
-        version = None
-    stamp = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, version)
-    hit = _BLOCKED.get(id(weight))
-    if version is not None and hit is not None and hit[0]() is weight and hit[1] == stamp:
-        return hit[2]
+    75%). Packed once per weight tensor while it lives unchanged (``memo``)."""
+    return memo((weight,), ("blocked",), lambda: _blocked(weight))
+
+
+def _blocked(weight: torch.Tensor) -> torch.Tensor:
     groups, rows, kept = weight.shape
     blocks = -(-rows // 16)
     padded = weight.new_zeros(groups, blocks * 16, kept)
     padded[:, :rows] = weight
-    packed = padded.view(groups, blocks, 16, kept).transpose(2, 3).contiguous()
-    if version is not None:
-        key = id(weight)
-        forget = lambda _, key=key: _BLOCKED.pop(key, None)
-        _BLOCKED[key] = (weakref.ref(weight, forget), stamp, packed)
-    return packed
+    return padded.view(groups, blocks, 16, kept).transpose(2, 3).contiguous()
 
 
 def _native_linear(
@@ -503,21 +544,27 @@ def _native_linear(
     relu: bool,
     chunk: int = _NATIVE_LINEAR_CHUNK,
 ) -> torch.Tensor:
-    """``grouped_linear`` by the native kernel: tokens as they are, (tokens, features) out."""
-    groups, group_rows, _ = weight.shape
-    features = x.shape[-1]
-    tokens = x.reshape(-1, features).contiguous()
-    out = x.new_empty(tokens.shape[0], groups * group_rows)
-    native.grouped_linear(
-        tokens,
-        columns.to(torch.int64).contiguous(),
-        blocked_linear_weight(weight),
-        None if bias is None else bias.contiguous(),
-        out,
-        relu=relu,
-        chunk=chunk,
+    """``grouped_linear`` by the native kernel: tokens as they are, (tokens, features) out.
+    The kernel's arguments are built once per layer (``memo``)."""
+    call = memo(
+        (weight, columns, bias),
+        ("linear", relu, chunk),
+        lambda: native.LinearCall(
+            columns.to(torch.int64).contiguous(),
+            _blocked(weight),
+            None if bias is None else bias.contiguous(),
+            group_rows=weight.shape[1],
+            relu=relu,
+            chunk=chunk,
+        ),
     )
-    return out.view(*x.shape[:-1], groups * group_rows)
+    features = x.shape[-1]
+    tokens = x.reshape(-1, features)
+    if not tokens.is_contiguous():
+        tokens = tokens.contiguous()
+    out = x.new_empty(tokens.shape[0], call.features)
+    call(tokens, out)
+    return out.view(*x.shape[:-1], call.features)
 
 
 def grouped_linear(

@@ -30,10 +30,13 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
 __all__ = [
+    "ConvCall",
+    "LinearCall",
     "NativeKernelWarning",
     "grouped_gemm",
     "grouped_linear",
@@ -195,24 +198,75 @@ def _library_for(**tensors: torch.Tensor | None) -> ctypes.CDLL:
     return loaded
 
 
-def _checked(
-    flat: torch.Tensor,
-    index: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    out: torch.Tensor,
-    count: int,
-    residual: torch.Tensor | None = None,
-) -> ctypes.CDLL:
-    """The library, once every tensor is as the raw entry points take them (else TypeError):
-    float32 contiguous CPU tensors, and ``count`` contiguous int64 indices."""
-    loaded = _library_for(input=flat, weight=weight, bias=bias, out=out, residual=residual)
-    if index.dtype != torch.int64 or not index.is_contiguous() or index.numel() != count:
-        raise TypeError(
-            f"the native kernel takes {count} contiguous int64 indices; got {index.dtype} of "
-            f"shape {tuple(index.shape)}"
+class ConvCall:
+    """The native conv kernel for one layer and input shape: its constant tensors and sizes
+    checked once, then each call passes only the padded input, the output and a residual.
+
+    ``offsets``: int64 ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``;
+    ``batch`` images of ``image`` floats in; ``out_image`` floats per output image;
+    ``tile``: pixels per microkernel call, 24 (4 x 24) or 16 (6 x 16); ``grid``: ``(grid_w,
+    src_row, src_col)``; ``out_channel``: the output's channel stride. The C++ source says how
+    pixels map. The tensors are kept alive by the call."""
+
+    def __init__(
+        self,
+        offsets: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        batch: int,
+        image: int,
+        out_image: int,
+        pixels: int,
+        grid: tuple[int, int, int],
+        valid_w: int,
+        dst_row: int,
+        out_channel: int,
+        relu: bool,
+        chunk: int = 96,
+        tile: int = 24,
+    ) -> None:
+        groups, group_rows, kept = weight.shape
+        loaded = _library_for(weight=weight, bias=bias)
+        if offsets.dtype != torch.int64 or not offsets.is_contiguous() or offsets.numel() != groups * kept:
+            raise TypeError(
+                f"the native kernel takes {groups * kept} contiguous int64 indices; got "
+                f"{offsets.dtype} of shape {tuple(offsets.shape)}"
+            )
+        if tile not in (16, 24):
+            raise ValueError(f"the native conv kernel tiles 16 or 24 pixels; got {tile}")
+        self.tensors = (offsets, weight, bias)
+        self.input_numel, self.output_numel = batch * image, batch * out_image
+        self._function = loaded.gs_grouped_gemm_f32
+        self._head = (offsets.data_ptr(), weight.data_ptr(), _address(bias))
+        grid_w, src_row, src_col = grid
+        self._tail = (
+            batch, image, out_image, groups, group_rows, kept, pixels, grid_w, src_row, src_col,
+            valid_w, dst_row, out_channel, chunk, tile, int(relu),
+        )  # fmt: skip
+
+    def __call__(
+        self, flat: torch.Tensor, out: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Runs the kernel into ``out`` (contiguous float32, every stored pixel written);
+        ``residual``, shaped and laid out as ``out``, is added to every value before the ReLU."""
+        _library_for(input=flat, out=out, residual=residual)
+        if flat.numel() < self.input_numel or out.numel() != self.output_numel:
+            raise TypeError(
+                f"the native conv takes {self.input_numel} input and {self.output_numel} output "
+                f"floats; got {flat.numel()} and {out.numel()}"
+            )
+        if residual is not None and residual.shape != out.shape:
+            raise TypeError(
+                f"the native kernel takes a residual shaped as out {tuple(out.shape)}; got "
+                f"{tuple(residual.shape)}"
+            )
+        failed = self._function(
+            flat.data_ptr(), *self._head, _address(residual), out.data_ptr(), *self._tail
         )
-    return loaded
+        if failed:
+            raise MemoryError("groupsparse's native CPU kernel could not allocate its scratch")
+        return out
 
 
 def grouped_gemm(
@@ -222,64 +276,70 @@ def grouped_gemm(
     bias: torch.Tensor | None,
     out: torch.Tensor,
     *,
-    batch: int,
-    image: int,
-    out_image: int,
-    pixels: int,
-    grid: tuple[int, int, int],
-    valid_w: int,
-    dst_row: int,
-    out_channel: int,
-    relu: bool,
     residual: torch.Tensor | None = None,
-    chunk: int = 96,
-    tile: int = 24,
+    **sizes: Any,
 ) -> torch.Tensor:
-    """Runs the kernel into ``out`` (contiguous float32, every stored pixel written).
-    ``residual``, shaped and laid out as ``out``, is added to every value before the ReLU.
+    """One call of the conv kernel (``ConvCall``'s arguments; ``sizes`` are its keywords):
+    ``ConvCall(offsets, weight, bias, **sizes)(flat, out, residual)``."""
+    return ConvCall(offsets, weight, bias, **sizes)(flat, out, residual)
 
-    ``flat``: the (padded) input, ``batch`` images of ``image`` floats; ``offsets``: int64
-    ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``; ``tile``: pixels per
-    microkernel call, 24 (4 x 24) or 16 (6 x 16); ``grid``: ``(grid_w,
-    src_row, src_col)``; ``out_channel``: the output's channel stride. The C++ source says how
-    pixels map."""
-    groups, group_rows, kept = weight.shape
-    loaded = _checked(flat, offsets, weight, bias, out, groups * kept, residual)
-    if tile not in (16, 24):
-        raise ValueError(f"the native conv kernel tiles 16 or 24 pixels; got {tile}")
-    if residual is not None and residual.shape != out.shape:
-        raise TypeError(
-            f"the native kernel takes a residual shaped as out {tuple(out.shape)}; got "
-            f"{tuple(residual.shape)}"
+
+class LinearCall:
+    """The native linear kernel for one layer: its constant tensors checked once, then each
+    call passes only x and out.
+
+    ``columns`` int64 ``(groups, k)``; ``weight`` contiguous float32 ``(groups, ceil(G / 16), k,
+    16)``, packed per block of 16 features with zero rows past G (``cpu.blocked_linear_weight``
+    packs a ``(groups, G, k)`` weight so); ``chunk`` tokens per work item. The tensors are
+    kept alive by the call."""
+
+    def __init__(
+        self,
+        columns: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        group_rows: int,
+        relu: bool,
+        chunk: int = 64,
+    ) -> None:
+        groups, kept = columns.shape if columns.dim() == 2 else (0, 0)
+        loaded = _library_for(weight=weight, bias=bias)
+        if columns.dtype != torch.int64 or not columns.is_contiguous() or columns.dim() != 2:
+            raise TypeError(
+                f"the native linear kernel takes contiguous int64 columns (groups, k); got "
+                f"{columns.dtype} of shape {tuple(columns.shape)}"
+            )
+        if weight.shape != (groups, -(-group_rows // 16), kept, 16):
+            raise TypeError(
+                f"the native linear kernel takes weights packed as ({groups}, "
+                f"{-(-group_rows // 16)}, {kept}, 16); got {tuple(weight.shape)}"
+            )
+        if bias is not None and bias.numel() != groups * group_rows:
+            raise TypeError(f"bias must have {groups * group_rows} values; got {bias.numel()}")
+        self.tensors = (columns, weight, bias)
+        self.features = groups * group_rows
+        # x needs more columns than the largest kept one (read unchecked by the kernel)
+        self.needed = int(columns.max()) + 1 if columns.numel() else 0
+        if columns.numel() and int(columns.min()) < 0:
+            raise IndexError("the native linear kernel takes columns >= 0")
+        self._function = loaded.gs_grouped_linear_f32
+        self._head = (columns.data_ptr(), weight.data_ptr(), _address(bias))
+        self._tail = (groups, group_rows, kept, chunk, int(relu))
+
+    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Runs the kernel into ``out``: ``x`` (tokens, K) and ``out`` (tokens, groups*G),
+        contiguous float32."""
+        _library_for(input=x, out=out)
+        if x.dim() != 2 or out.shape != (x.shape[0], self.features) or x.shape[1] < self.needed:
+            raise TypeError(
+                f"the native linear kernel takes x (tokens, K >= {self.needed}) and out "
+                f"(tokens, {self.features}); got {tuple(x.shape)} and {tuple(out.shape)}"
+            )
+        self._function(
+            x.data_ptr(), *self._head, out.data_ptr(), x.shape[0], x.shape[1], *self._tail
         )
-    grid_w, src_row, src_col = grid
-    failed = loaded.gs_grouped_gemm_f32(
-        flat.data_ptr(),
-        offsets.data_ptr(),
-        weight.data_ptr(),
-        _address(bias),
-        _address(residual),
-        out.data_ptr(),
-        batch,
-        image,
-        out_image,
-        groups,
-        group_rows,
-        kept,
-        pixels,
-        grid_w,
-        src_row,
-        src_col,
-        valid_w,
-        dst_row,
-        out_channel,
-        chunk,
-        tile,
-        int(relu),
-    )
-    if failed:
-        raise MemoryError("groupsparse's native CPU kernel could not allocate its scratch")
-    return out
+        return out
 
 
 def grouped_linear(
@@ -292,45 +352,17 @@ def grouped_linear(
     relu: bool,
     chunk: int = 64,
 ) -> torch.Tensor:
-    """Runs the linear kernel into ``out``: ``x`` (tokens, K) and ``out`` (tokens, groups*G),
-    contiguous float32; ``columns`` int64 ``(groups, k)``; ``weight`` contiguous float32
-    ``(groups, ceil(G / 16), k, 16)``, packed per block of 16 features with zero rows past G
-    (``cpu.blocked_linear_weight`` packs a ``(groups, G, k)`` weight so); ``chunk`` tokens per
-    work item."""
-    groups, kept = columns.shape if columns.dim() == 2 else (0, 0)
-    loaded = _checked(x, columns, weight, bias, out, groups * kept)
-    tokens = x.shape[0]
-    group_rows = out.shape[1] // groups if out.dim() == 2 and groups else 0
-    if (
-        x.dim() != 2
-        or out.dim() != 2
-        or out.shape[0] != tokens
-        or group_rows * groups != out.shape[1]
-    ):
+    """One call of the linear kernel: ``LinearCall(columns, weight, bias, ...)(x, out)``, with
+    G read off ``out`` ((tokens, groups * G))."""
+    groups = columns.shape[0] if columns.dim() == 2 else 0
+    if out.dim() != 2 or not groups or out.shape[1] % groups:
         raise TypeError(
             f"the native linear kernel takes x (tokens, K) and out (tokens, groups * G) with "
             f"{groups} groups; got {tuple(x.shape)} and {tuple(out.shape)}"
         )
-    if weight.shape != (groups, -(-group_rows // 16), kept, 16):
-        raise TypeError(
-            f"the native linear kernel takes weights packed as ({groups}, "
-            f"{-(-group_rows // 16)}, {kept}, 16); got {tuple(weight.shape)}"
-        )
-    loaded.gs_grouped_linear_f32(
-        x.data_ptr(),
-        columns.data_ptr(),
-        weight.data_ptr(),
-        _address(bias),
-        out.data_ptr(),
-        tokens,
-        x.shape[1],
-        groups,
-        group_rows,
-        kept,
-        chunk,
-        int(relu),
-    )
-    return out
+    call = LinearCall(columns, weight, bias, group_rows=out.shape[1] // groups, relu=relu,
+                      chunk=chunk)  # fmt: skip
+    return call(x, out)
 
 
 def max_pool2d(

@@ -118,8 +118,10 @@ def test_linear_entry_checks_its_tensors():
     torch.testing.assert_close(out, expected)
     with pytest.raises(TypeError, match="contiguous float32"):
         native.grouped_linear(x.double(), columns, packed, None, out, relu=False)
-    with pytest.raises(TypeError, match="6 contiguous int64 indices"):
+    with pytest.raises(TypeError, match=r"contiguous int64 columns \(groups, k\)"):
         native.grouped_linear(x, columns.int(), packed, None, out, relu=False)
+    with pytest.raises(TypeError, match=r"x \(tokens, K >= 12\)"):  # column 11 is kept
+        native.grouped_linear(x[:, :11].contiguous(), columns, packed, None, out, relu=False)
     with pytest.raises(TypeError, match=r"out \(tokens, groups \* G\) with 2 groups"):
         native.grouped_linear(x, columns, packed, None, torch.empty(5, 9), relu=False)
     with pytest.raises(TypeError, match=r"packed as \(2, 1, 3, 16\)"):
@@ -140,8 +142,42 @@ def test_blocked_linear_weight_is_packed_once_and_again_after_a_change():
     other = weight.clone()  # same values, another tensor: packed for itself
     assert cpu.blocked_linear_weight(other) is not again
     key = id(other)
+    assert any(entry[0] == key for entry in cpu._MEMO)
     del other
-    assert key not in cpu._BLOCKED  # forgotten with its tensor
+    assert not any(entry[0] == key for entry in cpu._MEMO)  # forgotten with its tensor
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+def test_prepared_native_calls_follow_in_place_changes_of_a_layer():
+    """The native kernels' arguments are built once per layer (cpu.memo); an in-place change
+    of the weights, kept columns or bias is seen by the next call."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 6, 9, 9)
+    weight = torch.randn(2, 4, 10)
+    columns = torch.stack([torch.randperm(54)[:10].sort().values for _ in range(2)])
+    bias = torch.randn(8)
+    geometry = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+
+    def expected():
+        return cpu.grouped_conv2d(x, weight, columns, bias, geometry, use_native=False)
+
+    first = cpu.grouped_conv2d(x, weight, columns, bias, geometry, use_native=True)
+    torch.testing.assert_close(first, expected())
+    for change in (lambda: weight.mul_(-2), lambda: columns.sub_(1).clamp_(min=0),
+                   lambda: bias.add_(3)):  # fmt: skip
+        change()
+        again = cpu.grouped_conv2d(x, weight, columns, bias, geometry, use_native=True)
+        torch.testing.assert_close(again, expected())
+    tokens = torch.randn(5, 54)
+    linear = cpu.grouped_linear(tokens, weight, columns, bias, use_native=True)
+    torch.testing.assert_close(
+        linear, cpu.grouped_linear(tokens, weight, columns, bias, use_native=False)
+    )
+    weight.mul_(0.5)
+    linear = cpu.grouped_linear(tokens, weight, columns, bias, use_native=True)
+    torch.testing.assert_close(
+        linear, cpu.grouped_linear(tokens, weight, columns, bias, use_native=False)
+    )
 
 
 @pytest.mark.skipif(native.library() is None, reason=native.status())
