@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -32,6 +31,9 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools"))
+
+from bench_gpu import Timer, graphed  # CUDA-event medians and graph capture, shared
 
 # (name, kind, in, out, spatial or tokens, kernel size)
 LAYERS = [
@@ -106,30 +108,6 @@ def _calls(kind, x, weight, columns, bias, dense, geometry):
     return calls
 
 
-def _median_ms(call, runs):
-    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-             for _ in range(runs)]  # fmt: skip
-    for start, end in pairs:
-        start.record()
-        call()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in pairs)
-
-
-def _graphed(call):
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    return graph.replay
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/gpu_kernels.py", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
@@ -142,6 +120,7 @@ def main(argv=None) -> int:
         print("gpu_kernels: no CUDA GPU here")
         return 2
     torch.manual_seed(0)
+    timer = Timer(torch.device("cuda"), args.runs, warmup=0)  # warmed up below
     records = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name, kind, cin, cout, size, ksize in LAYERS:
@@ -159,8 +138,8 @@ def main(argv=None) -> int:
                                 out = call()
                             error = ((out.double() - expected).norm() / expected.norm()).item()
                             record[variant] = {
-                                "eager_ms": _median_ms(call, args.runs),
-                                "graph_ms": _median_ms(_graphed(call), args.runs),
+                                "eager_ms": timer.median_ms(call),
+                                "graph_ms": timer.median_ms(graphed(call)),
                                 "relative_error": error,
                             }
                         except Exception as failure:  # noqa: BLE001 (recorded, the run goes on)

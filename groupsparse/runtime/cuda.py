@@ -928,7 +928,7 @@ def grouped_conv2d(
             fused.wide_conv2d(x, weight, rows, shifts, bias, geometry, relu, out, wide)
         else:
             table = _RUNTIME.conv_table(columns, geometry, x.shape)
-            _triton_fused().fused_conv2d(x, weight, table, bias, geometry, relu, out)
+            fused.fused_conv2d(x, weight, table, bias, geometry, relu, out)
     return out
 
 

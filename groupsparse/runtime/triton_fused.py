@@ -36,6 +36,21 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LINEAR_LAYOUT = os.environ.get("GROUPSPARSE_TRITON_LINEAR", "rows")
 
 
+@triton.jit
+def _bias_relu(acc, bias_ptr, channel, rows_ok, relu, HAS_BIAS: tl.constexpr, AXIS: tl.constexpr):
+    """The epilogue every kernel here shares: ``acc`` plus the bias of ``channel`` (along
+    ``AXIS`` of the tile: 0 when channels are its rows), then the ReLU when ``relu``."""
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + channel, mask=rows_ok, other=0.0).to(tl.float32)
+        if AXIS == 0:
+            acc += bias[:, None]
+        else:
+            acc += bias[None, :]
+    if relu != 0:
+        acc = tl.maximum(acc, 0.0)
+    return acc
+
+
 # Integer arguments are not specialized (on value 1 or divisibility by 16): the loads are
 # gathers anyway, and each specialization is one more compile of every tile shape.
 _CONV_INTS = ("kept", "n_total", "pixels", "out_w", "height", "width", "stride_h", "stride_w",
@@ -80,10 +95,7 @@ def _conv_kernel(
         a = tl.load(w_ptr + (group * G + rows)[:, None] * kept + k[None, :], mask=a_ok, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     channel = group * G + rows
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + channel, mask=rows < G, other=0.0).to(tl.float32)[:, None]
-    if relu != 0:
-        acc = tl.maximum(acc, 0.0)
+    acc = _bias_relu(acc, bias_ptr, channel, rows < G, relu, HAS_BIAS, 0)
     target = image.to(tl.int64)[None, :] * out_image_stride + channel[:, None] * pixels
     target += pixel[None, :]
     tl.store(
@@ -117,10 +129,7 @@ def _linear_kernel(
         b = tl.load(w_ptr + (group * G + rows)[None, :] * kept + k[:, None], mask=b_ok, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     feature = group * G + rows
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + feature, mask=rows < G, other=0.0).to(tl.float32)[None, :]
-    if relu != 0:
-        acc = tl.maximum(acc, 0.0)
+    acc = _bias_relu(acc, bias_ptr, feature, rows < G, relu, HAS_BIAS, 1)
     target = t.to(tl.int64)[:, None] * out_features + feature[None, :]
     tl.store(
         out_ptr + target, acc.to(out_ptr.dtype.element_ty), mask=t_ok[:, None] & (rows < G)[None, :]
@@ -170,10 +179,7 @@ def _rows_kernel(
         a = tl.load(w_ptr + (group * G + rows)[:, None] * kept + k[None, :], mask=a_ok, other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     channel = group * G + rows
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + channel, mask=rows < G, other=0.0).to(tl.float32)[:, None]
-    if relu != 0:
-        acc = tl.maximum(acc, 0.0)
+    acc = _bias_relu(acc, bias_ptr, channel, rows < G, relu, HAS_BIAS, 0)
     target = (
         batch.to(tl.int64) * out_batch_stride + channel.to(tl.int64)[:, None] * out_channel_stride
     )

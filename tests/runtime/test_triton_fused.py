@@ -92,6 +92,14 @@ CONV_CASES = [
 @pytest.mark.parametrize("case", CONV_CASES)
 @pytest.mark.parametrize("with_bias, relu", [(True, False), (False, True)])
 def test_fused_conv_matches_dense_conv(fused, case, with_bias, relu):
+    x, weight, columns, bias, out, expected = _conv_problem(case, with_bias, relu)
+    table = conv_gather_table(columns, case[-1], x.shape[2], x.shape[3])
+    fused.fused_conv2d(x, weight, table, bias, case[-1], relu, out)
+    _check(out, expected)
+
+
+def _conv_problem(case, with_bias, relu):
+    """(x, weight, columns, bias, NaN-filled out, float64 dense reference) of a conv case."""
     batch, channels, height, width, groups, group_rows, kept, geometry = case
     generator = torch.Generator().manual_seed(hash(case) % 2**31)
     kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
@@ -101,12 +109,13 @@ def test_fused_conv_matches_dense_conv(fused, case, with_bias, relu):
     bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
     out_h, out_w = conv_output_size(height, width, geometry)
     out = torch.full((batch, groups * group_rows, out_h, out_w), float("nan"))
-    table = conv_gather_table(columns, geometry, height, width)
-    fused.fused_conv2d(x, weight, table, bias, geometry, relu, out)
     dense = _dense(weight.double(), columns, channels * kh * kw).view(-1, channels, kh, kw)
     expected = F.conv2d(F.pad(x.double(), (left, right, top, bottom)), dense,
                         None if bias is None else bias.double(), stride=(sh, sw), dilation=(dh, dw))  # fmt: skip
-    expected = expected.relu() if relu else expected
+    return x, weight, columns, bias, out, expected.relu() if relu else expected
+
+
+def _check(out, expected):
     assert not out.isnan().any(), "an output element was not written"
     assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-5
 
@@ -124,25 +133,12 @@ WIDE_CASES = [
 @pytest.mark.parametrize("case", WIDE_CASES)
 @pytest.mark.parametrize("with_bias, relu", [(True, False), (False, True)])
 def test_wide_conv_matches_dense_conv(fused, case, with_bias, relu):
-    batch, channels, height, width, groups, group_rows, kept, geometry = case
-    generator = torch.Generator().manual_seed(hash(case) % 2**31)
-    kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
-    x = torch.randn(batch, channels, height, width, generator=generator)
-    weight = torch.randn(groups, group_rows, kept, generator=generator)
-    columns = _columns(groups, channels * kh * kw, kept, generator)
-    bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
-    out_h, out_w = conv_output_size(height, width, geometry)
-    out = torch.full((batch, groups * group_rows, out_h, out_w), float("nan"))
-    plan = fused.wide_plan(geometry, height, width, max_junk=1.0)
+    x, weight, columns, bias, out, expected = _conv_problem(case, with_bias, relu)
+    plan = fused.wide_plan(case[-1], x.shape[2], x.shape[3], max_junk=1.0)
     assert plan is not None and plan[0] % 16 == 0
-    rows, shifts = fused.wide_tables(columns, geometry, channels, plan[0])
-    fused.wide_conv2d(x, weight, rows, shifts, bias, geometry, relu, out, plan)
-    dense = _dense(weight.double(), columns, channels * kh * kw).view(-1, channels, kh, kw)
-    expected = F.conv2d(F.pad(x.double(), (left, right, top, bottom)), dense,
-                        None if bias is None else bias.double(), stride=(sh, sw), dilation=(dh, dw))  # fmt: skip
-    expected = expected.relu() if relu else expected
-    assert not out.isnan().any(), "an output element was not written"
-    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-5
+    rows, shifts = fused.wide_tables(columns, case[-1], x.shape[1], plan[0])
+    fused.wide_conv2d(x, weight, rows, shifts, bias, case[-1], relu, out, plan)
+    _check(out, expected)
 
 
 def test_wide_plan_applies_to_stride_1_on_images_wide_enough():
@@ -165,22 +161,14 @@ LINEAR_CASES = [(5, 40, 2, 16, 20), (33, 64, 3, 24, 7), (1, 17, 1, 130, 17)]
 )
 @pytest.mark.parametrize("with_bias, relu", [(True, False), (False, True)])
 def test_rows_product_is_a_1x1_conv(fused, case, with_bias, relu):
-    batch, channels, height, width, groups, group_rows, kept = case
-    generator = torch.Generator().manual_seed(hash(case) % 2**31)
-    x = torch.randn(batch, channels, height, width, generator=generator)
-    weight = torch.randn(groups, group_rows, kept, generator=generator)
-    columns = _columns(groups, channels, kept, generator)
-    bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
-    out = torch.full((batch, groups * group_rows, height, width), float("nan"))
+    case = (*case, (1, 1, 1, 1, 0, 0, 0, 0, 1, 1))
+    x, weight, columns, bias, out, expected = _conv_problem(case, with_bias, relu)
+    batch, channels = x.shape[:2]
     fused.rows_product(
         x.view(batch, channels, -1), weight, columns.reshape(-1).to(torch.int32), bias, relu,
-        out.view(batch, groups * group_rows, -1), transposed_out=False,
+        out.view(batch, out.shape[1], -1), transposed_out=False,
     )  # fmt: skip
-    dense = _dense(weight.double(), columns, channels).view(-1, channels, 1, 1)
-    expected = F.conv2d(x.double(), dense, None if bias is None else bias.double())
-    expected = expected.relu() if relu else expected
-    assert not out.isnan().any(), "an output element was not written"
-    assert ((out.double() - expected).norm() / expected.norm()).item() < 1e-5
+    _check(out, expected)
 
 
 @needs_interpreter
