@@ -40,6 +40,9 @@ results.json merges across calls when the folder's earlier files are in the work
     PYTHONUNBUFFERED=1 python3 tools/bench_gpu.py --out bench/results/h100 --models vgg16
     cp bench/results/h100/* $OUT/
 
+``tools/gpu_lease.sh`` does all of that in one call (with ``tools/gpu_kernels.py`` and the
+tests, each under its own time limit); it is how bench/results/nvidia-h200/ was made.
+
 ``--dry-run`` runs the same harness on this machine's CPU with two small models, batch 2,
 float32 and two timed runs (no GPU variants), to check the script itself; ``--plot-only``
 redraws the plots from an existing results.json.
