@@ -235,6 +235,22 @@ def compile_sparse(
         exclude = (exclude,)
     exclude = tuple(exclude)
     _check_exclude(model, exclude)
+    # the plans' tensors must be normal tensors even when compiling under inference_mode:
+    # the kernels remember per-layer work by their version counters, which inference tensors
+    # lack (they would rebuild it on every call)
+    with torch.inference_mode(False):
+        return _compile(model, example_inputs, options, masks, exclude, capture_with, cuda_graph)
+
+
+def _compile(
+    model: nn.Module,
+    example_inputs: tuple[Any, ...],
+    options: CompileOptions,
+    masks: Mapping[str, torch.Tensor] | None,
+    exclude: tuple[str, ...],
+    capture_with: str,
+    cuda_graph: bool,
+) -> SparseModule:
     work = copy.deepcopy(model).eval()
     resolved = _apply_masks(work, masks or {})
     _check_finite(work)

@@ -282,3 +282,19 @@ def test_property_random_conv_configurations(in_channels, groups, group_size, ke
     fast = gs.compile_sparse(model, x, decide="always")
     fresh = torch.randn(batch, in_channels, *size)
     assert max_relative_error(fast(fresh), model(fresh)) < RTOL
+
+
+def test_compiled_under_inference_mode_keeps_normal_plan_tensors():
+    """Plans built under torch.inference_mode are still normal tensors, so the CPU kernels'
+    per-layer work (cpu.memo, keyed by version counters) is built once, not on every call."""
+    from groupsparse.runtime import cpu
+
+    model = _sparse_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.inference_mode():
+        fast = gs.compile_sparse(model, x, decide="always")
+        assert not any(buffer.is_inference() for buffer in fast.buffers())
+        assert max_relative_error(fast(x), model(x)) < RTOL
+        remembered = len(cpu._MEMO)
+        fast(torch.randn(2, 3, 8, 8))
+        assert len(cpu._MEMO) == remembered
