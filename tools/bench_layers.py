@@ -329,9 +329,11 @@ def time_conv_tiles(runs: int, seed: int) -> int:
                 want = cpu.grouped_conv2d(x, weight, columns, None, geometry, use_native=False)
                 calls = {}
                 for tile in (24, 16):
+
                     def call(tile=tile, x=x, weight=weight, columns=columns):
                         cpu._tile_pixels = lambda pixels: tile
                         return cpu.grouped_conv2d(x, weight, columns, None, geometry)
+
                     torch.testing.assert_close(call(), want, rtol=1e-4, atol=1e-3)
                     calls[tile] = call
                 medians, _ = time_interleaved(calls, runs)
@@ -353,8 +355,10 @@ def time_pad(runs: int, batch: int) -> int:
     from groupsparse.runtime import cpu
 
     geometry = GEOMETRY_3X3
-    print(f"zero padding (1 each side), NCHW float32, batch {batch}, "
-          f"{torch.get_num_threads()} threads; median ms")
+    print(
+        f"zero padding (1 each side), NCHW float32, batch {batch}, "
+        f"{torch.get_num_threads()} threads; median ms"
+    )
     print(f"{'activation':18s} {'torch':>8s} {'native':>8s} {'torch/native':>12s}")
     for channels, size in ((64, 224), (256, 56), (512, 28), (512, 14)):
         x = torch.randn(batch, channels, size, size)
@@ -378,7 +382,8 @@ def time_op_overhead(runs: int) -> int:
     """What a call costs beyond the kernel: a tiny 1x1 conv (8 -> 32 channels, 10x10) run by
     groupsparse::conv2d (torch.library.Library, as registered), by the same kernel wrapped
     as a torch.library.custom_op (how the ops were registered before; the same Python body,
-    checks included), and the kernel called directly."""
+    checks included), and the kernel called directly; then a tiny linear (4 tokens, 16 -> 32)
+    through groupsparse::linear and called directly."""
     from groupsparse.runtime import cpu, ops
 
     body = ops._conv_kernel("conv2d", "grouped_conv2d")  # the op's own Python, checks included
@@ -402,9 +407,20 @@ def time_op_overhead(runs: int) -> int:
             x, weight, columns, bias, tuple(geometry)
         ),
     }
+    tokens = torch.randn(4, 16)
+    linear_weight = cpu.k_major(weight)  # as plans hold a linear's weights
+    linear = torch.ops.groupsparse.linear.default
+    calls["groupsparse::linear"] = lambda: linear(
+        tokens, linear_weight, columns, bias, False, 32, 16
+    )
+    calls["linear called directly"] = lambda: cpu.grouped_linear(
+        tokens, linear_weight, columns, bias
+    )
     with torch.no_grad():
         medians, _ = time_interleaved(calls, runs, min_sample_ms=20.0)
-    print(f"a tiny conv, {torch.get_num_threads()} threads, under no_grad; median us a call")
+    print(
+        f"a tiny conv and linear, {torch.get_num_threads()} threads, under no_grad; median us a call"
+    )
     for label, ms in medians.items():
         print(f"  {label:24s} {ms * 1e3:8.1f} us")
     return 0
