@@ -14,7 +14,8 @@ weight, relative error in the table):
     pixels     convs only: the pixel-by-pixel gather Triton kernel
     two-step   gather kernel + cuBLAS (cuda.grouped_*_torch)
 
-Each is timed twice: eager (CUDA events around each call, host launch cost included when it
+``--table`` prints the table of an existing JSON file (no GPU needed), with the fused
+kernel's TFLOP/s on kept FLOPs. Each is timed twice: eager (CUDA events around each call, host launch cost included when it
 exceeds the GPU's) and replayed from a CUDA graph (the GPU's time alone); the median of
 ``--runs`` calls. Needs a GPU; prints a table and writes JSON.
 """
@@ -50,9 +51,44 @@ LAYERS = [
 ]
 
 
-def _problem(kind, cin, cout, size, ksize, sparsity, group_size, batch, dtype):
+def _kept(kind, cin, ksize, sparsity):
+    """(im2col columns, kept columns per group) of a layer at ``sparsity``."""
     columns_total = cin * ksize * ksize if kind == "conv" else cin
-    kept = max(1, round(columns_total * (1 - sparsity)))
+    return columns_total, max(1, round(columns_total * (1 - sparsity)))
+
+
+def _kept_flops(name, sparsity, batch):
+    """The multiply-adds (x2) a group-sparse layer of LAYERS keeps at ``sparsity``."""
+    _, kind, cin, cout, size, ksize = next(layer for layer in LAYERS if layer[0] == name)
+    outputs = batch * size * size if kind == "conv" else size
+    return 2 * outputs * cout * _kept(kind, cin, ksize, sparsity)[1]
+
+
+def _row(record) -> str:
+    """One record as a table line: dense time, then per kernel dense/kernel (graph replay),
+    its graph / eager ms, relative error; the fused kernel's TFLOP/s on kept FLOPs."""
+    dense = record["dense"].get("graph_ms")
+    cells = []
+    for variant in ("fused", "columns", "pixels", "two-step"):
+        value = record.get(variant)
+        if value is None:
+            continue
+        if "error" in value:
+            cells.append(f"{variant} ERR {value['error'][:80]}")
+        else:
+            cells.append(f"{variant} {dense / value['graph_ms']:.2f}x "
+                         f"({value['graph_ms']:.3f}/{value['eager_ms']:.3f}, "
+                         f"e{value['relative_error']:.0e})")  # fmt: skip
+    fused = record.get("fused", {}).get("graph_ms")
+    if fused:
+        flops = _kept_flops(record["layer"], record["sparsity"], record.get("batch", 32))
+        cells.append(f"fused {flops / fused / 1e9:.0f} TFLOP/s kept")
+    return (f"{record['layer']:24s} G={record['G']:3d} s={record['sparsity']:.2f} "
+            f"dense {dense:.3f} ms | " + " | ".join(cells))  # fmt: skip
+
+
+def _problem(kind, cin, cout, size, ksize, sparsity, group_size, batch, dtype):
+    columns_total, kept = _kept(kind, cin, ksize, sparsity)
     groups = cout // group_size
     columns = torch.stack(
         [torch.randperm(columns_total)[:kept].sort().values for _ in range(groups)]
@@ -115,7 +151,13 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--sparsities", default="0.75,0.9")
     parser.add_argument("--group-sizes", default="32,64")
+    parser.add_argument("--table", action="store_true",
+                        help="print the table of an existing --out file (no GPU needed)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.table:
+        for record in json.loads(args.out.read_text()):
+            print(_row(record))
+        return 0
     if not torch.cuda.is_available():
         print("gpu_kernels: no CUDA GPU here")
         return 2
@@ -129,7 +171,8 @@ def main(argv=None) -> int:
                 problem = _problem(kind, cin, cout, size, ksize, sparsity, group_size, args.batch,
                                    torch.float16)  # fmt: skip
                 calls = _calls(kind, *problem)
-                record = {"layer": name, "G": group_size, "sparsity": sparsity}
+                record = {"layer": name, "G": group_size, "sparsity": sparsity,
+                          "batch": args.batch}  # fmt: skip
                 with torch.inference_mode():
                     expected = calls["dense"]().double()
                     for variant, call in calls.items():
@@ -148,20 +191,7 @@ def main(argv=None) -> int:
                             }
                 records.append(record)
                 args.out.write_text(json.dumps(records, indent=1))
-                dense = record["dense"].get("graph_ms")
-                cells = []
-                for variant in ("fused", "columns", "pixels", "two-step"):
-                    value = record.get(variant)
-                    if value is None:
-                        continue
-                    if "error" in value:
-                        cells.append(f"{variant} ERR {value['error'][:80]}")
-                    else:
-                        cells.append(f"{variant} {dense / value['graph_ms']:.2f}x "
-                                     f"({value['graph_ms']:.3f}/{value['eager_ms']:.3f}, "
-                                     f"e{value['relative_error']:.0e})")  # fmt: skip
-                print(f"{name:24s} G={group_size:3d} s={sparsity:.2f} dense {dense:.3f} ms | "
-                      + " | ".join(cells), flush=True)  # fmt: skip
+                print(_row(record), flush=True)
     return 0
 
 
