@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-__all__ = ["time_graphs_side_by_side", "time_side_by_side"]
+__all__ = ["capture_cuda_graph", "time_graphs_side_by_side", "time_side_by_side"]
 
 
 def time_side_by_side(
@@ -42,6 +44,30 @@ def _cuda_synchronize() -> Callable[[], object]:
     return lambda: None
 
 
+@functools.cache
+def _side_stream(device: int) -> torch.cuda.Stream:
+    # one per device for the process: the CUDA runtime keeps a cuBLAS workspace (32 MB) for
+    # every stream it has run on, so a new stream per capture would leave one behind each
+    return torch.cuda.Stream(device=device)
+
+
+def capture_cuda_graph(function: Callable[[], Any], warmup: int = 2) -> tuple[Any, Any]:
+    """``(graph, output)``: ``function`` run ``warmup`` times on a side stream (compiles,
+    index tables, autotuning: what must not happen inside a capture), then captured in a CUDA
+    graph on the current device; ``output`` is what the captured call returned, rewritten by
+    every ``graph.replay()``."""
+    side = _side_stream(torch.cuda.current_device())
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(1, warmup)):
+            function()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        output = function()
+    return graph, output
+
+
 def time_graphs_side_by_side(
     functions: dict[str, Callable[[], object]], runs: int, warmup: int = 3
 ) -> dict[str, float]:
@@ -49,19 +75,7 @@ def time_graphs_side_by_side(
     time of its kernels alone, as a model replayed from a CUDA graph pays it (no Python, no
     launch cost). Each function is warmed up and captured on the current device first."""
     with torch.no_grad():
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm up off the capture: compiles, tables, autotuning
-            for _ in range(max(1, warmup)):
-                for function in functions.values():
-                    function()
-        torch.cuda.current_stream().wait_stream(side)
-        graphs = {}
-        for name, function in functions.items():
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                function()
-            graphs[name] = graph
+        graphs = {name: capture_cuda_graph(f, warmup)[0] for name, f in functions.items()}
         events = {
             name: [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                    for _ in range(runs)]

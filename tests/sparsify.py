@@ -10,7 +10,9 @@ from groupsparse.layers import gemm_view, prunable_layers
 from groupsparse.patterns import GroupWise
 
 
-def group_sparsify(model: nn.Module, sparsity: float, group_size: int, *, balanced: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
+def group_sparsify(
+    model: nn.Module, sparsity: float, group_size: int, *, balanced: bool = True, seed: int = 0
+) -> dict[str, torch.Tensor]:
     """Zero a random group-wise pattern into every conv/linear weight; returns the masks."""
     generator = torch.Generator().manual_seed(seed)
     masks = {}
@@ -29,3 +31,23 @@ def max_relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """max |a - e| / max |e|: the tolerance measure the design document uses."""
     scale = expected.abs().max().clamp_min(1e-12)
     return float(((actual - expected).abs().max() / scale).detach())
+
+
+def random_group_columns(
+    groups: int, total: int, kept: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(groups, kept) sorted random column indices below ``total``, on the CPU: a kernel's
+    ``columns`` argument."""
+    return torch.stack(
+        [torch.randperm(total, generator=generator)[:kept].sort().values for _ in range(groups)]
+    )
+
+
+def dense_from_groups(weight: torch.Tensor, columns: torch.Tensor, total: int) -> torch.Tensor:
+    """The dense (groups * G, total) matrix whose group g keeps ``columns[g]`` with the values
+    ``weight[g]`` ((groups, G, k)): the reference for a kernel's output."""
+    groups, group_rows, _ = weight.shape
+    dense = torch.zeros(groups * group_rows, total, dtype=weight.dtype, device=weight.device)
+    rows = torch.arange(groups * group_rows, device=weight.device).view(groups, group_rows, 1)
+    dense[rows, columns.to(weight.device)[:, None, :]] = weight
+    return dense

@@ -137,24 +137,13 @@ class Timer:
             return statistics.median(start.elapsed_time(end) for start, end in pairs)
 
 
-@functools.cache
-def _side_stream() -> torch.cuda.Stream:
-    # one for the whole run: groupsparse keeps a cuBLAS workspace per stream it has seen
-    return torch.cuda.Stream()
-
-
 def graphed(call: Callable[[], Any]) -> Callable[[], Any]:
-    """``call`` captured in a CUDA graph (after a warm-up on a side stream); returns replay."""
-    side = _side_stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.inference_mode(), torch.cuda.stream(side):
-        for _ in range(3):
-            call()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.inference_mode(), torch.cuda.graph(graph):
-        call()
-    return graph.replay
+    """``call`` captured in a CUDA graph (groupsparse's capture: warm-up on a side stream);
+    returns replay."""
+    from groupsparse.timing import capture_cuda_graph
+
+    with torch.inference_mode():
+        return capture_cuda_graph(call, warmup=3)[0].replay
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch.utils import _pytree as pytree
 
+from ..timing import capture_cuda_graph
+
 __all__ = ["GraphReplay"]
 
 
@@ -91,15 +93,7 @@ class GraphReplay:
             else v
             for v in args
         ]
-        side = torch.cuda.Stream(device=inputs_device(args))
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # compiles, tables, autotuning: not inside the capture
-            for _ in range(2):
-                self.run(*inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            output = self.run(*inputs)
+        graph, output = capture_cuda_graph(lambda: self.run(*inputs), warmup=2)
         return _Captured(graph, inputs, output)
 
     def __getstate__(self) -> dict[str, Any]:

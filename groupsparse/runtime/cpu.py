@@ -139,30 +139,6 @@ def _column_offsets(
     return channel * (padded_h * padded_w) + (tap // kw) * (dh * padded_w) + (tap % kw) * dw
 
 
-# kept columns -> offsets, per layer: (columns as given, offsets); compared by value on use
-_OFFSETS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _cached_column_offsets(
-    columns: torch.Tensor, geometry: ConvGeometry, padded_h: int, padded_w: int
-) -> torch.Tensor:
-    """``_column_offsets`` of the flattened columns, remembered per layer and input size."""
-    key = (columns.data_ptr(), columns.numel(), columns.device, tuple(geometry), padded_h, padded_w)
-    hit = _OFFSETS.get(key)
-    if (
-        hit is not None
-        and hit[0].dtype == columns.dtype
-        and torch.equal(hit[0], columns.reshape(-1))
-    ):
-        return hit[1]
-    flat = columns.reshape(-1)
-    offsets = _column_offsets(flat, geometry, padded_h, padded_w)
-    if len(_OFFSETS) >= 512:
-        _OFFSETS.clear()
-    _OFFSETS[key] = (flat.clone(), offsets)
-    return offsets
-
-
 class _ConvGrid:
     """Where a conv's im2col columns sit in the flat padded input, and how the work is tiled.
 
@@ -324,7 +300,11 @@ def grouped_conv2d(
     batch, pixels, out_h, out_w = grid.batch, grid.pixels, grid.out_h, grid.out_w
     channels = groups * group_rows
     flat = _padded_flat(x, geometry)
-    offsets = _cached_column_offsets(columns, geometry, grid.padded_h, grid.padded_w)
+    offsets = memo(
+        (columns,),
+        ("offsets", tuple(geometry), grid.padded_h, grid.padded_w),
+        lambda: _column_offsets(columns.reshape(-1), geometry, grid.padded_h, grid.padded_w),
+    )
     item = x.element_size()
     images, rows = _band_size(grid, groups * kept, tile_bytes, item)
     # a band can be no thinner than _MIN_TILE_PIXELS: when one is still far above tile_bytes

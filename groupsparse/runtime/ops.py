@@ -176,9 +176,9 @@ def _register(name: str, kind: str, kernel, fake):
 
     Registered through torch.library.Library rather than ``custom_op``: the latter wraps every
     call in more Python layers (autograd, aliasing checks, a Dynamo guard); the same op body
-    costs about 18 us more a call that way (a tiny conv under no_grad: 131-137 us against
-    150-153, the kernel alone 79-87; ``python tools/bench_layers.py --op-overhead``), on a
-    model with 50-70 such calls."""
+    costs about 20 us more a call that way (a tiny conv under no_grad: 69 us against 91, the
+    kernel alone 35; ``python tools/bench_layers.py --op-overhead``), on a model with 50-70
+    such calls."""
     _LIBRARY.define(name + _SCHEMAS[kind])
     _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(f"groupsparse::{name}", fake, lib=_LIBRARY)

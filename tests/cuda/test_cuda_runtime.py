@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from groupsparse.runtime import cuda
 from groupsparse.runtime.cpu import conv_output_size
+from tests.sparsify import dense_from_groups, random_group_columns
 
 DEVICE = "cuda"
 # ||out - ref|| / ||ref|| against a float64 reference (DESIGN.md: 1e-4 float32, 1e-2 half)
@@ -37,17 +38,7 @@ LINEAR_CASES = [
 
 
 def _columns(groups: int, total: int, kept: int) -> torch.Tensor:
-    return torch.stack([torch.randperm(total)[:kept].sort().values for _ in range(groups)]).to(
-        DEVICE
-    )
-
-
-def _dense(weight: torch.Tensor, columns: torch.Tensor, total: int) -> torch.Tensor:
-    groups, group_rows, _ = weight.shape
-    dense = torch.zeros(groups * group_rows, total, dtype=weight.dtype, device=weight.device)
-    rows = torch.arange(groups * group_rows, device=weight.device).view(groups, group_rows, 1)
-    dense[rows, columns[:, None, :]] = weight
-    return dense
+    return random_group_columns(groups, total, kept).to(DEVICE)
 
 
 def _conv_problem(case, dtype, with_bias=True):
@@ -62,7 +53,9 @@ def _conv_problem(case, dtype, with_bias=True):
 def _conv_reference(x, weight, columns, bias, geometry, relu):
     kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
     channels = x.shape[1]
-    dense = _dense(weight.double(), columns, channels * kh * kw).view(-1, channels, kh, kw)
+    dense = dense_from_groups(weight.double(), columns, channels * kh * kw).view(
+        -1, channels, kh, kw
+    )
     out = F.conv2d(
         F.pad(x.double(), (left, right, top, bottom)),
         dense,
@@ -121,7 +114,7 @@ def test_linear_matches_dense_linear_of_masked_weight(kernel, case, dtype, with_
 
     out = getattr(cuda, kernel)(x, weight, columns, bias, relu)
 
-    dense = _dense(weight.double(), columns, in_features)
+    dense = dense_from_groups(weight.double(), columns, in_features)
     reference = F.linear(x.double(), dense, None if bias is None else bias.double())
     reference = reference.relu() if relu else reference
     assert out.shape == reference.shape and out.dtype == dtype
@@ -142,7 +135,7 @@ def test_float32_uses_tf32_only_when_torch_allows_it(monkeypatch):
     x = torch.randn(256, 2048, device=DEVICE)
     weight = torch.randn(4, 64, 1024, device=DEVICE)
     columns = _columns(4, 2048, 1024)
-    reference = F.linear(x.double(), _dense(weight.double(), columns, 2048))
+    reference = F.linear(x.double(), dense_from_groups(weight.double(), columns, 2048))
 
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     ieee = _relative_error(cuda.grouped_linear(x, weight, columns, None), reference)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from groupsparse.runtime.cpu import conv_output_size
 from groupsparse.runtime.cuda import conv_gather_table
+from tests.sparsify import dense_from_groups, random_group_columns
 
 pytest.importorskip("triton")
 
@@ -65,20 +66,6 @@ def fused():
     return triton_fused
 
 
-def _columns(groups, total, kept, generator):
-    return torch.stack(
-        [torch.randperm(total, generator=generator)[:kept].sort().values for _ in range(groups)]
-    )
-
-
-def _dense(weight, columns, total):
-    groups, group_rows, _ = weight.shape
-    dense = torch.zeros(groups * group_rows, total, dtype=weight.dtype)
-    rows = torch.arange(groups * group_rows).view(groups, group_rows, 1)
-    dense[rows, columns[:, None, :]] = weight
-    return dense
-
-
 # (batch, channels, height, width, groups, G, kept, geometry)
 CONV_CASES = [
     (1, 4, 6, 7, 2, 16, 20, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)),
@@ -105,11 +92,13 @@ def _conv_problem(case, with_bias, relu):
     kh, kw, sh, sw, top, bottom, left, right, dh, dw = geometry
     x = torch.randn(batch, channels, height, width, generator=generator)
     weight = torch.randn(groups, group_rows, kept, generator=generator)
-    columns = _columns(groups, channels * kh * kw, kept, generator)
+    columns = random_group_columns(groups, channels * kh * kw, kept, generator)
     bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
     out_h, out_w = conv_output_size(height, width, geometry)
     out = torch.full((batch, groups * group_rows, out_h, out_w), float("nan"))
-    dense = _dense(weight.double(), columns, channels * kh * kw).view(-1, channels, kh, kw)
+    dense = dense_from_groups(weight.double(), columns, channels * kh * kw).view(
+        -1, channels, kh, kw
+    )
     expected = F.conv2d(F.pad(x.double(), (left, right, top, bottom)), dense,
                         None if bias is None else bias.double(), stride=(sh, sw), dilation=(dh, dw))  # fmt: skip
     return x, weight, columns, bias, out, expected.relu() if relu else expected
@@ -181,11 +170,11 @@ def test_fused_linear_matches_dense_linear(fused, case, with_bias, relu, layout,
     generator = torch.Generator().manual_seed(hash(case) % 2**31)
     x = torch.randn(tokens, in_features, generator=generator)
     weight = torch.randn(groups, group_rows, kept, generator=generator)
-    columns = _columns(groups, in_features, kept, generator)
+    columns = random_group_columns(groups, in_features, kept, generator)
     bias = torch.randn(groups * group_rows, generator=generator) if with_bias else None
     out = torch.full((tokens, groups * group_rows), float("nan"))
     fused.fused_linear(x, weight, columns.reshape(-1).to(torch.int32), bias, relu, out)
-    expected = F.linear(x.double(), _dense(weight.double(), columns, in_features),
+    expected = F.linear(x.double(), dense_from_groups(weight.double(), columns, in_features),
                         None if bias is None else bias.double())  # fmt: skip
     expected = expected.relu() if relu else expected
     assert not out.isnan().any(), "an output element was not written"
