@@ -15,7 +15,7 @@ weight, relative error in the table):
     two-step   gather kernel + cuBLAS (cuda.grouped_*_torch)
 
 ``--table`` prints the table of an existing JSON file (no GPU needed), with the fused
-kernel's TFLOP/s on kept FLOPs. Each is timed twice: eager (CUDA events around each call, host launch cost included when it
+kernel's TFLOP/s on kept FLOPs and dense's on all of them. Each is timed twice: eager (CUDA events around each call, host launch cost included when it
 exceeds the GPU's) and replayed from a CUDA graph (the GPU's time alone); the median of
 ``--runs`` calls. Needs a GPU; prints a table and writes JSON.
 """
@@ -80,9 +80,12 @@ def _row(record) -> str:
                          f"({value['graph_ms']:.3f}/{value['eager_ms']:.3f}, "
                          f"e{value['relative_error']:.0e})")  # fmt: skip
     fused = record.get("fused", {}).get("graph_ms")
+    batch = record.get("batch", 32)
     if fused:
-        flops = _kept_flops(record["layer"], record["sparsity"], record.get("batch", 32))
+        flops = _kept_flops(record["layer"], record["sparsity"], batch)
         cells.append(f"fused {flops / fused / 1e9:.0f} TFLOP/s kept")
+    if dense:
+        cells.append(f"dense {_kept_flops(record['layer'], 0.0, batch) / dense / 1e9:.0f} TFLOP/s")
     return (f"{record['layer']:24s} G={record['G']:3d} s={record['sparsity']:.2f} "
             f"dense {dense:.3f} ms | " + " | ".join(cells))  # fmt: skip
 
