@@ -439,6 +439,7 @@ def _end_to_end(model, inputs, timer, reference=None, report=None) -> dict[str, 
         values["layers"] = len(report)
         values["flops_dense"] = report.flops_dense
         values["flops_sparse"] = report.flops_sparse
+        values["report"] = report.to_dicts()  # each layer's decision and its reason
     return values
 
 
