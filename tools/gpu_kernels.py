@@ -10,6 +10,9 @@ weight, relative error in the table):
     fused      cuda.grouped_linear / grouped_conv2d (Triton: rows of x^T for linears and
                1x1 convs, the wide grid for stride-1 convs on images from 14x14 up, the
                pixel gather for the rest)
+    kernel     the fused kernel alone, its input already laid out (x^T for linears, the
+               wide grid's shifted padded copies for 3x3 convs): fused minus kernel is
+               the copy's cost
     columns    linears only: the Triton kernel that gathers x's columns in place
     pixels     convs only: the pixel-by-pixel gather Triton kernel
     two-step   gather kernel + cuBLAS (cuda.grouped_*_torch)
@@ -69,7 +72,7 @@ def _row(record) -> str:
     its graph / eager ms, relative error; the fused kernel's TFLOP/s on kept FLOPs."""
     dense = record["dense"].get("graph_ms")
     cells = []
-    for variant in ("fused", "columns", "pixels", "two-step"):
+    for variant in ("fused", "kernel", "columns", "pixels", "two-step"):
         value = record.get(variant)
         if value is None:
             continue
@@ -81,6 +84,10 @@ def _row(record) -> str:
                          f"e{value['relative_error']:.0e})")  # fmt: skip
     fused = record.get("fused", {}).get("graph_ms")
     batch = record.get("batch", 32)
+    for variant in ("fused", "kernel"):
+        tile = record.get(variant, {}).get("tile")
+        if tile:
+            cells.append(f"{variant} tile {tile}")
     if fused:
         flops = _kept_flops(record["layer"], record["sparsity"], batch)
         cells.append(f"fused {flops / fused / 1e9:.0f} TFLOP/s kept")
@@ -130,6 +137,11 @@ def _calls(kind, x, weight, columns, bias, dense, geometry):
                 triton_fused.LINEAR_LAYOUT = saved
 
         calls["columns"] = columns_layout
+        source = x.t().contiguous().unsqueeze(0)  # what "fused" makes on every call
+        rows_out = torch.empty(1, x.shape[0], bias.numel(), device="cuda", dtype=x.dtype)
+        calls["kernel"] = lambda: triton_fused.rows_product(
+            source, weight, columns, bias, False, rows_out, transposed_out=True
+        )[0]
         return calls
     pad = geometry[4]
     calls = {
@@ -144,7 +156,30 @@ def _calls(kind, x, weight, columns, bias, dense, geometry):
         return triton_fused.fused_conv2d(x, weight, table, bias, geometry, False, out)
 
     calls["pixels"] = pixels
+    plan = triton_fused.wide_plan(geometry, x.shape[2], x.shape[3])
+    if ksize_of(geometry) > 1 and plan is not None:  # the wide grid's kernel without its copy
+        pitch, padded_height, _ = plan
+        source = triton_fused.wide_source(x, geometry, pitch, padded_height)
+        source = source.view(x.shape[0], -1, source.shape[-1])
+        rows, shifts = cuda._RUNTIME.wide_tables(columns, geometry, x.shape[1], pitch)
+        wide_out = torch.empty(x.shape[0], bias.numel(), *x.shape[2:], device="cuda",
+                               dtype=x.dtype)  # fmt: skip
+        calls["kernel"] = lambda: triton_fused.wide_product(
+            source, weight, rows, shifts, bias, False, wide_out, pitch
+        )
     return calls
+
+
+def ksize_of(geometry) -> int:
+    return geometry[0] * geometry[1]
+
+
+def _tile() -> str | None:
+    """The tile shape the rows kernel's autotuner chose last (None without autotuning)."""
+    from groupsparse.runtime import triton_fused
+
+    best = getattr(triton_fused._rows, "best_config", None)
+    return None if best is None else str(best)
 
 
 def main(argv=None) -> int:
@@ -188,6 +223,8 @@ def main(argv=None) -> int:
                                 "graph_ms": timer.median_ms(graphed(call)),
                                 "relative_error": error,
                             }
+                            if variant in ("fused", "kernel"):  # the autotuner's tile
+                                record[variant]["tile"] = _tile()
                         except Exception as failure:  # noqa: BLE001 (recorded, the run goes on)
                             record[variant] = {
                                 "error": f"{type(failure).__name__}: {failure}"[:300]

@@ -5,8 +5,10 @@
 #   CARD=h200 MODELS=bert-base,resnet50 TESTS_S=150 BENCH_S=300 bash tools/gpu_lease.sh
 #
 # KERNELS_S > 0 also runs tools/gpu_kernels.py (per-kernel timings) for that many seconds,
-# before the benchmark. Other settings: RUNS (timed calls per measurement), VARIANTS and SPARSITIES (bench_gpu's
-# --variants / --sparsities; empty for all), TESTS (what pytest runs).
+# before the benchmark (KERNELS_ARGS: its further arguments). Other settings: RUNS (timed calls per measurement), VARIANTS and SPARSITIES (bench_gpu's
+# --variants / --sparsities; empty for all), TESTS (what pytest runs), GROUP_SIZE (bench_gpu's
+# --group-size), RESULTS (the results folder, bench/results/$CARD by default), PLOTS=0 (no
+# plots copied to $OUT, which brings back 8 files at most).
 #
 # Needs the wheels the machine lacks in .whl/ (tools/bench_gpu.py's docstring says how to
 # download them) and `carry: [".whl"]` in the device call. A results.json already in
@@ -22,7 +24,11 @@ KERNELS_S=${KERNELS_S:-0}
 RUNS=${RUNS:-20}
 VARIANTS=${VARIANTS:-}
 SPARSITIES=${SPARSITIES:-0.5,0.75,0.9}
-TESTS=${TESTS:-tests/cuda tests/runtime/test_triton_fused.py}
+# the Triton-interpreter test is a CPU check (CI runs it): deselected here, where it is slow
+TESTS=${TESTS:-tests/cuda tests/runtime/test_triton_fused.py --deselect tests/runtime/test_triton_fused.py::test_kernels_in_triton_interpreter}
+GROUP_SIZE=${GROUP_SIZE:-}
+RESULTS=${RESULTS:-bench/results/$CARD}
+PLOTS=${PLOTS:-1}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -34,8 +40,9 @@ fi
 export PYTHONUNBUFFERED=1
 # installed (no network, no dependencies) so that torch finds the torch.compile backend's
 # entry point
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 \
-    || echo "editable install failed (see install.log): torch.compile(backend='groupsparse') will not be found"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >/tmp/install.log 2>&1 \
+    || { cp /tmp/install.log "$OUT/";
+         echo "editable install failed (see install.log): torch.compile(backend='groupsparse') will not be found"; }
 nvidia-smi -L
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 python3 -c "from groupsparse.runtime.cuda import cuda_available; print('cuda backend:', cuda_available())"
@@ -45,18 +52,22 @@ if [ "$TESTS_S" -gt 0 ]; then
         >"$OUT/tests_cuda.log" 2>&1
     echo "tests/cuda rc=$? ($(tail -n 1 "$OUT/tests_cuda.log"))"
 fi
-mkdir -p "bench/results/$CARD"
+mkdir -p "$RESULTS"
 if [ "$KERNELS_S" -gt 0 ]; then
-    timeout "$KERNELS_S" python3 tools/gpu_kernels.py --out "$OUT/kernels.json" >"$OUT/kernels.log" 2>&1
+    # shellcheck disable=SC2086
+    timeout "$KERNELS_S" python3 tools/gpu_kernels.py --out "$OUT/kernels.json" ${KERNELS_ARGS:-} \
+        >"$OUT/kernels.log" 2>&1
     echo "gpu_kernels rc=$?"
 fi
 if [ "$BENCH_S" -gt 0 ]; then
-    timeout "$BENCH_S" python3 tools/bench_gpu.py --out "bench/results/$CARD" --skip-tests \
+    timeout "$BENCH_S" python3 tools/bench_gpu.py --out "$RESULTS" --skip-tests \
         --models "$MODELS" --runs "$RUNS" --warmup 3 --verbose --sparsities "$SPARSITIES" \
-        ${VARIANTS:+--variants "$VARIANTS"} >"$OUT/bench.log" 2>&1
+        ${VARIANTS:+--variants "$VARIANTS"} ${GROUP_SIZE:+--group-size "$GROUP_SIZE"} \
+        >"$OUT/bench.log" 2>&1
     echo "bench_gpu rc=$?"
 fi
-cp bench/results/"$CARD"/results.json bench/results/"$CARD"/*.png "$OUT"/ 2>/dev/null
+cp "$RESULTS"/results.json "$OUT"/ 2>/dev/null
+[ "$PLOTS" = 0 ] || cp "$RESULTS"/*.png "$OUT"/ 2>/dev/null
 grep -E "FAILED|ERROR|passed|failed" "$OUT/tests_cuda.log" 2>/dev/null | tail -n 25
 grep -E "^  |Error|error" "$OUT/bench.log" 2>/dev/null | tail -n 40
 tail -n 45 "$OUT/kernels.log" 2>/dev/null

@@ -219,6 +219,9 @@ _ROWS_CONFIGS = [
         (128, 64, 4, 3),
         (256, 64, 8, 3),
         (64, 64, 4, 4),
+        (256, 32, 8, 4),
+        (128, 128, 4, 3),
+        (128, 128, 8, 3),
     ]
 ]
 
@@ -394,11 +397,26 @@ def wide_conv2d(
     on the wide grid and the junk columns (``ox >= OW``) are not written. Costs ``KW``
     padded copies of the input; ``plan`` is ``wide_plan``'s."""
     pitch, padded_height, _ = plan
-    groups, group_rows, kept = weight.shape
-    batch = x.shape[0]
-    out_h, out_w = out.shape[2], out.shape[3]
     source = wide_source(x, geometry, pitch, padded_height)  # (B, KW, C, plane)
-    source = source.view(batch, -1, source.shape[-1])  # rows kx*C + c
+    source = source.view(x.shape[0], -1, source.shape[-1])  # rows kx*C + c
+    return wide_product(source, weight, rows, shifts, bias, relu, out, pitch)
+
+
+def wide_product(
+    source: torch.Tensor,
+    weight: torch.Tensor,
+    rows: torch.Tensor,
+    shifts: torch.Tensor,
+    bias: torch.Tensor | None,
+    relu: bool,
+    out: torch.Tensor,
+    pitch: int,
+) -> torch.Tensor:
+    """``wide_conv2d``'s kernel alone, on ``source`` (B, KW*C, plane) as ``wide_source``
+    lays it out (timed apart from the copy by tools/gpu_kernels.py)."""
+    groups, group_rows, kept = weight.shape
+    batch = source.shape[0]
+    out_h, out_w = out.shape[2], out.shape[3]
     block = _row_block(group_rows)
     m_blocks = triton.cdiv(group_rows, block)
     n = out_h * pitch
@@ -410,7 +428,7 @@ def wide_conv2d(
         source, weight, rows, shifts, bias if bias is not None else out, out,
         kept, n, source.stride(1), source.stride(0), out.stride(1), 1, out.stride(0),
         pitch, out_w, group_rows, int(relu), m_blocks,
-        BM=block, HAS_BIAS=bias is not None, PRECISION=_precision(x.dtype),
+        BM=block, HAS_BIAS=bias is not None, PRECISION=_precision(source.dtype),
         SHIFTED=True, WIDE=True, **_FIXED_ROWS,
     )  # fmt: skip
     return out
