@@ -137,7 +137,7 @@ def _calls(kind, x, weight, columns, bias, dense, geometry):
                 triton_fused.LINEAR_LAYOUT = saved
 
         calls["columns"] = columns_layout
-        source = x.t().contiguous().unsqueeze(0)  # what "fused" makes on every call
+        source = triton_fused.transpose(x).unsqueeze(0)  # what "fused" makes on every call
         rows_out = torch.empty(1, x.shape[0], bias.numel(), device="cuda", dtype=x.dtype)
         calls["kernel"] = lambda: triton_fused.rows_product(
             source, weight, columns, bias, False, rows_out, transposed_out=True
@@ -189,6 +189,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--sparsities", default="0.75,0.9")
     parser.add_argument("--group-sizes", default="32,64")
+    parser.add_argument("--layers", default="",
+                        help="comma-separated parts of layer names to time (default: all)")  # fmt: skip
     parser.add_argument("--table", action="store_true",
                         help="print the table of an existing --out file (no GPU needed)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -203,7 +205,10 @@ def main(argv=None) -> int:
     timer = Timer(torch.device("cuda"), args.runs, warmup=0)  # warmed up below
     records = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    wanted = [part for part in args.layers.split(",") if part]
     for name, kind, cin, cout, size, ksize in LAYERS:
+        if wanted and not any(part in name for part in wanted):
+            continue
         for group_size in map(int, args.group_sizes.split(",")):
             for sparsity in map(float, args.sparsities.split(",")):
                 problem = _problem(kind, cin, cout, size, ksize, sparsity, group_size, args.batch,

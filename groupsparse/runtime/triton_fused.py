@@ -197,6 +197,52 @@ def _rows_kernel(
     )
 
 
+@triton.jit
+def _wide_source_kernel(
+    x_ptr, out_ptr, channels, kw, height, width, x_c_stride, x_b_stride, plane, pitch,
+    padded_height, top, left, dw, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One row ``(b, kx, c)`` of ``wide_source``'s output: the zero-padded image on rows of
+    ``pitch`` pixels, read from ``kx * dw`` on (every output element written once, the input
+    read once per kernel column)."""
+    row = tl.program_id(0)
+    c = row % channels
+    kx = (row // channels) % kw
+    b = row // (channels * kw)
+    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    q = p + kx * dw
+    y = q // pitch - top
+    col = q % pitch - left
+    inside = (p < plane) & (q // pitch < padded_height) & (y >= 0) & (y < height)
+    inside = inside & (col >= 0) & (col < width)
+    source = x_ptr + b.to(tl.int64) * x_b_stride + c.to(tl.int64) * x_c_stride
+    value = tl.load(source + y * width + col, mask=inside, other=0.0)
+    tl.store(out_ptr + row.to(tl.int64) * plane + p, value, mask=p < plane)
+
+
+@triton.jit
+def _transpose_kernel(x_ptr, out_ptr, rows, cols, BR: tl.constexpr, BC: tl.constexpr):
+    """``out`` (cols, rows) = ``x`` (rows, cols) transposed, both contiguous, by tiles (loads
+    and stores both along contiguous memory)."""
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    ok = (r < rows)[:, None] & (c < cols)[None, :]
+    tile = tl.load(x_ptr + r.to(tl.int64)[:, None] * cols + c[None, :], mask=ok)
+    tl.store(out_ptr + c.to(tl.int64)[None, :] * rows + r[:, None], tile, mask=ok)
+
+
+def transpose(x: torch.Tensor) -> torch.Tensor:
+    """``x.t().contiguous()`` of a contiguous 2-D ``x`` in one tiled kernel (PyTorch's strided
+    copy ran at about 0.6 TB/s on the H200 for BERT's 4096x768 half-precision activations)."""
+    rows, cols = x.shape
+    out = torch.empty(cols, rows, dtype=x.dtype, device=x.device)
+    tile = 32 if INTERPRETED else 64
+    _transpose_kernel[(triton.cdiv(rows, tile), triton.cdiv(cols, tile))](
+        x, out, rows, cols, BR=tile, BC=tile
+    )
+    return out
+
+
 def _configs(wide: str) -> list[triton.Config]:
     """A few tile shapes to time per layer shape (``wide``: the name of the long tile side)."""
     shapes = [(128, 32, 4, 3), (128, 64, 4, 3), (256, 32, 8, 3)]
@@ -368,16 +414,22 @@ def wide_source(
 ) -> torch.Tensor:
     """``(B, KW, C, padded_height * pitch)``: the zero-padded images laid out on rows of
     ``pitch`` pixels, once per kernel column ``kx``, shifted left by ``kx * dw``, so that
-    every tap's rows start on a 16-element boundary."""
+    every tap's rows start on a 16-element boundary. One kernel writes it all (built from
+    torch ops, zeros plus copies plus a stack, it cost 0.39 ms of a VGG 256-channel 56x56
+    layer's 0.55 on the H200, the product itself 0.16)."""
     _, kw, _, _, top, _, left, _, _, dw = geometry
+    x = x.contiguous()
     batch, channels, height, width = x.shape
     plane = padded_height * pitch
-    padded = x.new_zeros(batch, channels, plane + (kw - 1) * dw)
-    grid = padded[:, :, :plane].view(batch, channels, padded_height, pitch)
-    rows = min(height, padded_height - top)
-    cols = min(width, pitch - left)
-    grid[:, :, top : top + rows, left : left + cols] = x[:, :, :rows, :cols]
-    return torch.stack([padded[:, :, kx * dw : kx * dw + plane] for kx in range(kw)], dim=1)
+    out = torch.empty(batch, kw, channels, plane, dtype=x.dtype, device=x.device)
+    if out.numel() == 0:
+        return out
+    block = 256 if INTERPRETED else 1024
+    _wide_source_kernel[(batch * kw * channels, triton.cdiv(plane, block))](
+        x, out, channels, kw, height, width, x.stride(1), x.stride(0), plane, pitch,
+        padded_height, top, left, dw, BLOCK=block,
+    )  # fmt: skip
+    return out
 
 
 def wide_conv2d(
@@ -448,7 +500,7 @@ def fused_linear(
     contiguous row of x^T gathered whole (``rows_product``); "columns" gathers the kept
     columns of x in place, element by element."""
     if LINEAR_LAYOUT == "rows":
-        source = x.t().contiguous().unsqueeze(0)  # (1, K, T)
+        source = transpose(x).unsqueeze(0)  # (1, K, T)
         return rows_product(
             source, weight, columns, bias, relu, out.unsqueeze(0), transposed_out=True
         )

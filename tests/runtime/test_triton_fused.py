@@ -130,6 +130,32 @@ def test_wide_conv_matches_dense_conv(fused, case, with_bias, relu):
     _check(out, expected)
 
 
+@needs_interpreter
+@pytest.mark.parametrize("case", WIDE_CASES)
+def test_wide_source_is_the_padded_image_shifted_per_kernel_column(fused, case):
+    """Its definition, in torch ops: the zero-padded image on rows of ``pitch`` pixels,
+    flattened, read from ``kx * dw`` on for each kernel column ``kx``."""
+    batch, channels, height, width, *_, geometry = case
+    _, kw, _, _, top, _, left, _, _, dw = geometry
+    x = torch.randn(batch, channels, height, width)
+    pitch, padded_height, plane = fused.wide_plan(geometry, height, width, max_junk=1.0)
+    padded = torch.zeros(batch, channels, padded_height + 1, pitch)
+    rows, cols = min(height, padded_height - top), min(width, pitch - left)
+    padded[:, :, top : top + rows, left : left + cols] = x[:, :, :rows, :cols]
+    flat = padded.flatten(2)
+    padded_flat = torch.cat([flat[..., :plane], torch.zeros_like(flat[..., plane:])], dim=-1)
+    expected = torch.stack([padded_flat[..., kx * dw : kx * dw + plane] for kx in range(kw)], 1)
+    assert torch.equal(fused.wide_source(x, geometry, pitch, padded_height), expected)
+
+
+@needs_interpreter
+@pytest.mark.parametrize("shape", [(1, 1), (5, 40), (33, 64), (70, 3)])
+def test_transpose_is_x_t(fused, shape):
+    x = torch.randn(*shape)
+    out = fused.transpose(x)
+    assert out.is_contiguous() and torch.equal(out, x.t())
+
+
 def test_wide_plan_applies_to_stride_1_on_images_wide_enough():
     from groupsparse.runtime.triton_fused import wide_plan
 
