@@ -199,25 +199,31 @@ def _rows_kernel(
 
 @triton.jit
 def _wide_source_kernel(
-    x_ptr, out_ptr, channels, kw, height, width, x_c_stride, x_b_stride, plane, pitch,
-    padded_height, top, left, dw, BLOCK: tl.constexpr,
+    x_ptr, out_ptr, channels, kw, height, width, x_c_stride, x_b_stride, pitch,
+    padded_height, top, left, dw, BR: tl.constexpr, BP: tl.constexpr,
 ):  # fmt: skip
-    """One row ``(b, kx, c)`` of ``wide_source``'s output: the zero-padded image on rows of
-    ``pitch`` pixels, read from ``kx * dw`` on (every output element written once, the input
-    read once per kernel column)."""
-    row = tl.program_id(0)
-    c = row % channels
-    kx = (row // channels) % kw
-    b = row // (channels * kw)
-    p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    q = p + kx * dw
-    y = q // pitch - top
-    col = q % pitch - left
-    inside = (p < plane) & (q // pitch < padded_height) & (y >= 0) & (y < height)
-    inside = inside & (col >= 0) & (col < width)
+    """Rows ``BR`` at a time of plane ``(b, kx, c)`` of ``wide_source``'s output: grid row
+    ``r``, column ``j`` holds padded pixel ``(r, j + kx * dw)`` (zero past the row's end).
+    Tiles of whole grid rows, so no division per element; loads run along image rows and
+    stores along grid rows."""
+    plane_index = tl.program_id(0)
+    c = plane_index % channels
+    kx = (plane_index // channels) % kw
+    b = plane_index // (channels * kw)
+    r = tl.program_id(1) * BR + tl.arange(0, BR)
+    j = tl.arange(0, BP)
+    y = r - top
+    col = j + kx * dw - left
+    inside = (r < padded_height)[:, None] & (j < pitch)[None, :]
+    rows_ok = (y >= 0) & (y < height)
+    cols_ok = (col >= 0) & (col < width) & (j + kx * dw < pitch)
     source = x_ptr + b.to(tl.int64) * x_b_stride + c.to(tl.int64) * x_c_stride
-    value = tl.load(source + y * width + col, mask=inside, other=0.0)
-    tl.store(out_ptr + row.to(tl.int64) * plane + p, value, mask=p < plane)
+    value = tl.load(
+        source + y[:, None] * width + col[None, :],
+        mask=inside & rows_ok[:, None] & cols_ok[None, :], other=0.0,
+    )  # fmt: skip
+    target = out_ptr + plane_index.to(tl.int64) * padded_height * pitch
+    tl.store(target + r[:, None] * pitch + j[None, :], value, mask=inside)
 
 
 @triton.jit
@@ -413,21 +419,22 @@ def wide_source(
     x: torch.Tensor, geometry: tuple[int, ...], pitch: int, padded_height: int
 ) -> torch.Tensor:
     """``(B, KW, C, padded_height * pitch)``: the zero-padded images laid out on rows of
-    ``pitch`` pixels, once per kernel column ``kx``, shifted left by ``kx * dw``, so that
-    every tap's rows start on a 16-element boundary. One kernel writes it all (built from
-    torch ops, zeros plus copies plus a stack, it cost 0.39 ms of a VGG 256-channel 56x56
-    layer's 0.55 on the H200, the product itself 0.16)."""
+    ``pitch`` pixels, once per kernel column ``kx``, each row shifted left by ``kx * dw``
+    (zeros come in on the right), so that every tap's rows start on a 16-element boundary.
+    The shift's lost columns are read only by the wide grid's junk columns. One kernel
+    writes it all (built from torch ops, zeros plus copies plus a stack, it cost 0.39 ms of
+    a VGG 256-channel 56x56 layer's 0.55 on the H200, the product itself 0.16)."""
     _, kw, _, _, top, _, left, _, _, dw = geometry
     x = x.contiguous()
     batch, channels, height, width = x.shape
-    plane = padded_height * pitch
-    out = torch.empty(batch, kw, channels, plane, dtype=x.dtype, device=x.device)
+    out = torch.empty(batch, kw, channels, padded_height * pitch, dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    block = 256 if INTERPRETED else 1024
-    _wide_source_kernel[(batch * kw * channels, triton.cdiv(plane, block))](
-        x, out, channels, kw, height, width, x.stride(1), x.stride(0), plane, pitch,
-        padded_height, top, left, dw, BLOCK=block,
+    row_block = triton.next_power_of_2(pitch)
+    rows = max(1, (256 if INTERPRETED else 4096) // row_block)  # about 4096 elements a tile
+    _wide_source_kernel[(batch * kw * channels, triton.cdiv(padded_height, rows))](
+        x, out, channels, kw, height, width, x.stride(1), x.stride(0), pitch,
+        padded_height, top, left, dw, BR=rows, BP=row_block,
     )  # fmt: skip
     return out
 

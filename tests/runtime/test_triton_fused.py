@@ -133,18 +133,18 @@ def test_wide_conv_matches_dense_conv(fused, case, with_bias, relu):
 @needs_interpreter
 @pytest.mark.parametrize("case", WIDE_CASES)
 def test_wide_source_is_the_padded_image_shifted_per_kernel_column(fused, case):
-    """Its definition, in torch ops: the zero-padded image on rows of ``pitch`` pixels,
-    flattened, read from ``kx * dw`` on for each kernel column ``kx``."""
+    """Its definition, in torch ops: the zero-padded image on rows of ``pitch`` pixels, each
+    row shifted left by ``kx * dw`` for kernel column ``kx``, zeros coming in on the right."""
     batch, channels, height, width, *_, geometry = case
     _, kw, _, _, top, _, left, _, _, dw = geometry
     x = torch.randn(batch, channels, height, width)
-    pitch, padded_height, plane = fused.wide_plan(geometry, height, width, max_junk=1.0)
-    padded = torch.zeros(batch, channels, padded_height + 1, pitch)
+    pitch, padded_height, _ = fused.wide_plan(geometry, height, width, max_junk=1.0)
+    padded = torch.zeros(batch, channels, padded_height, 2 * pitch)
     rows, cols = min(height, padded_height - top), min(width, pitch - left)
     padded[:, :, top : top + rows, left : left + cols] = x[:, :, :rows, :cols]
-    flat = padded.flatten(2)
-    padded_flat = torch.cat([flat[..., :plane], torch.zeros_like(flat[..., plane:])], dim=-1)
-    expected = torch.stack([padded_flat[..., kx * dw : kx * dw + plane] for kx in range(kw)], 1)
+    expected = torch.stack(
+        [padded[..., kx * dw : kx * dw + pitch].flatten(2) for kx in range(kw)], dim=1
+    )
     assert torch.equal(fused.wide_source(x, geometry, pitch, padded_height), expected)
 
 
