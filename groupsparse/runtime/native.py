@@ -198,11 +198,23 @@ def _library_for(**tensors: torch.Tensor | None) -> ctypes.CDLL:
     return loaded
 
 
+def interleave_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    """``(groups, G, k)`` -> ``(groups, ceil(G / rows), k, rows)``: each block of ``rows``
+    output rows interleaved column by column (rows past G zero), the layout the conv
+    microkernel reads as one stream (row by row it was ``rows`` streams of broadcasts)."""
+    groups, group_rows, kept = weight.shape
+    blocks = -(-group_rows // rows)
+    padded = weight.new_zeros(groups, blocks * rows, kept)
+    padded[:, :group_rows] = weight
+    return padded.view(groups, blocks, rows, kept).transpose(2, 3).contiguous()
+
+
 class ConvCall:
     """The native conv kernel for one layer and input shape: its constant tensors and sizes
     checked once, then each call passes only the padded input, the output and a residual.
 
-    ``offsets``: int64 ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``;
+    ``offsets``: int64 ``(groups, k)``; ``weight``: contiguous float32 ``(groups, G, k)``
+    (interleaved here for the microkernel, once);
     ``batch`` images of ``image`` floats in; ``out_image`` floats per output image;
     ``tile``: pixels per microkernel call, 24 (4 x 24) or 16 (6 x 16); ``grid``: ``(grid_w,
     src_row, src_col)``; ``out_channel``: the output's channel stride. The C++ source says how
@@ -235,6 +247,7 @@ class ConvCall:
             )
         if tile not in (16, 24):
             raise ValueError(f"the native conv kernel tiles 16 or 24 pixels; got {tile}")
+        weight = interleave_rows(weight, 6 if tile == 16 else 4)
         self.tensors = (offsets, weight, bias)
         self.input_numel, self.output_numel = batch * image, batch * out_image
         self._function = loaded.gs_grouped_gemm_f32

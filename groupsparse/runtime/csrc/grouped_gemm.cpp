@@ -45,25 +45,23 @@ struct Direct {
   bool relu = false;
 };
 
-// c[MR][NR] (+)= w[MR rows, row stride ws][kc] * x[kc][NR], or with direct.out, the finished
-// rows stored to the output. With rows < MR, the missing rows repeat the last one (their
-// results land in rows of c that are not stored, or are not stored at all).
+// c[MR][NR] (+)= w[kc][MR] * x[kc][NR] (w: a row block's weights interleaved, the MR
+// rows' weights of column k at w[k * MR], one stream), or with direct.out, the finished rows
+// stored to the output. Rows past `rows` (zeros in w) are not stored.
 template <int64_t MR, int64_t NR>
-inline void microkernel(int64_t kc, const float* __restrict w, int64_t ws, int64_t rows,
+inline void microkernel(int64_t kc, const float* __restrict w, int64_t rows,
                         const float* __restrict x, float* __restrict c, bool accumulate,
                         const Direct& direct) {
   constexpr int64_t V = NR / 8;
-  const float* wr[MR];
-  for (int64_t i = 0; i < MR; ++i) wr[i] = w + std::min<int64_t>(i, rows - 1) * ws;
   __m256 acc[MR][V];
   for (int64_t i = 0; i < MR; ++i)
     for (int64_t j = 0; j < V; ++j)
       acc[i][j] = accumulate ? _mm256_load_ps(c + i * NR + j * 8) : _mm256_setzero_ps();
-  for (int64_t k = 0; k < kc; ++k, x += NR) {
+  for (int64_t k = 0; k < kc; ++k, x += NR, w += MR) {
     __m256 xv[V];
     for (int64_t j = 0; j < V; ++j) xv[j] = _mm256_load_ps(x + j * 8);
     for (int64_t i = 0; i < MR; ++i) {
-      const __m256 v = _mm256_broadcast_ss(wr[i] + k);
+      const __m256 v = _mm256_broadcast_ss(w + i);
       for (int64_t j = 0; j < V; ++j) acc[i][j] = _mm256_fmadd_ps(v, xv[j], acc[i][j]);
     }
   }
@@ -112,13 +110,14 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
 
 extern "C" {
 
-int gs_native_version() { return 5; }
+int gs_native_version() { return 6; }
 
 // Returns 0, or 1 when scratch memory could not be allocated (the output is then undefined).
 //
 // input:   batch images of in_image floats each (the zero-padded NCHW input, flattened)
 // offsets: (groups, kept) start of each kept column in one padded image
-// weight:  (groups, G, kept) packed weights, row-major
+// weight:  (groups, ceil(G / MR), kept, MR): each block of MR rows interleaved column by
+//          column, rows past G zero (MR: 6 with tile_pixels 16, else 4)
 // bias:    (groups * G,) or null
 // residual: null, or laid out as out: added to each stored value before the ReLU (a ResNet
 //          block's shortcut)
@@ -181,7 +180,7 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
       const int64_t tiles = (std::min(CHUNK, pixels - first) + NR - 1) / NR;
       const float* image = input + b * in_image;
       const int64_t* off = offsets + g * kept;
-      const float* w = weight + g * group_rows * kept;
+      const float* w = weight + g * blocks * kept * MR;
       float* o = out + b * out_image + g * group_rows * out_channel;
       const float* res = residual ? residual + (o - out) : nullptr;
       const float* bias_g = bias ? bias + g * group_rows : nullptr;
@@ -271,7 +270,7 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
               direct.res = res ? res + row * out_channel + run_dst[0] : nullptr;
               direct.relu = relu != 0;
             }
-            microkernel<MR, NR>(kc, w + row * kept + k0, kept, std::min(MR, group_rows - row),
+            microkernel<MR, NR>(kc, w + (block * kept + k0) * MR, std::min(MR, group_rows - row),
                                 panel + k0 * NR, acc + row * NR, k0 > 0, direct);
           }
         }
