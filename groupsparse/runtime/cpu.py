@@ -155,6 +155,7 @@ class _ConvGrid:
     def __init__(self, shape: torch.Size, geometry: ConvGeometry, wide: bool | None) -> None:
         _, _, sh, sw, top, bottom, left, right, _, _ = geometry
         self.batch, self.channels, height, width = shape
+        self.height, self.width = height, width
         self.out_h, self.out_w = conv_output_size(height, width, geometry)
         self.padded_h, self.padded_w = height + top + bottom, width + left + right
         self.image = self.channels * self.padded_h * self.padded_w
@@ -414,7 +415,10 @@ def _native_conv2d(
         ("conv", tuple(geometry), relu, tuple(x.shape)),
         lambda: _prepared_conv(x.shape, weight, columns, bias, geometry, relu),
     )
-    flat = _padded_flat(x, geometry, use_native=True)
+    if call.unpadded:  # the kernel pads as it gathers
+        flat = x.contiguous().view(-1)
+    else:
+        flat = _padded_flat(x, geometry, use_native=True)
     out = x.new_empty(out_shape)
     return call(flat, out, None if residual is None else residual.contiguous())
 
@@ -438,12 +442,18 @@ def _prepared_conv(
     else:
         mapping = (grid.out_w, grid.sh * grid.padded_w, grid.sw)
     out_shape = (grid.batch, groups * group_rows, grid.out_h, grid.out_w)
+    tile = _tile_pixels(grid.pixels)
+    taps = None
+    # (the kernel's masks cover column shifts in [-32, 32))
+    reach = max(geometry[6], (geometry[1] - 1) * geometry[9] - geometry[6])
+    if grid.wide and grid.padded_w == tile and reach < 32 and UNPADDED_GATHER:
+        taps = _unpadded_taps(columns, geometry, grid)
     call = native.ConvCall(
         offsets.to(torch.int64).contiguous(),
         weight.contiguous(),
         None if bias is None else bias.contiguous(),
         batch=grid.batch,
-        image=grid.image,
+        image=grid.channels * grid.height * grid.width if taps is not None else grid.image,
         out_image=groups * group_rows * grid.out_h * grid.out_w,
         pixels=grid.pixels,
         grid=mapping,
@@ -451,9 +461,28 @@ def _prepared_conv(
         dst_row=grid.out_w,
         out_channel=grid.out_h * grid.out_w,
         relu=relu,
-        tile=_tile_pixels(grid.pixels),
+        tile=tile,
+        taps=taps,
+        in_hw=(grid.height, grid.width) if taps is not None else (0, 0),
     )
     return call, out_shape
+
+
+# the native conv pads in its gather where a wide grid row is one tile (14x14 images with
+# 3x3 "same" convs: 16-pixel rows); False: always from a padded copy (for comparison)
+UNPADDED_GATHER = True
+
+
+def _unpadded_taps(columns: torch.Tensor, geometry: ConvGeometry, grid: _ConvGrid) -> torch.Tensor:
+    """``(groups, k, 3)`` int64: for each kept im2col column, its channel's plane start in
+    the unpadded image and its tap's row and column shift (``ky*dh - top``, ``kx*dw - left``)."""
+    kh, kw, _, _, top, _, left, _, dh, dw = geometry
+    flat = columns.to(torch.int64)
+    channel, tap = flat // (kh * kw), flat % (kh * kw)
+    plane = channel * grid.height * grid.width
+    return torch.stack(
+        [plane, (tap // kw) * dh - top, (tap % kw) * dw - left], dim=-1
+    ).contiguous()
 
 
 def k_major(weight: torch.Tensor) -> torch.Tensor:

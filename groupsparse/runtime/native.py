@@ -134,7 +134,9 @@ def _build() -> Path:
 def _load() -> ctypes.CDLL:
     library = ctypes.CDLL(str(_build()))
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    library.gs_grouped_gemm_f32.argtypes = [pointer] * 6 + [size] * 14 + [ctypes.c_int] * 2
+    library.gs_grouped_gemm_f32.argtypes = (
+        [pointer] * 6 + [size] * 14 + [ctypes.c_int] * 2 + [pointer] + [size] * 2
+    )
     library.gs_grouped_gemm_f32.restype = ctypes.c_int
     library.gs_grouped_linear_f32.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_int]
     library.gs_grouped_linear_f32.restype = None
@@ -218,7 +220,11 @@ class ConvCall:
     ``batch`` images of ``image`` floats in; ``out_image`` floats per output image;
     ``tile``: pixels per microkernel call, 24 (4 x 24) or 16 (6 x 16); ``grid``: ``(grid_w,
     src_row, src_col)``; ``out_channel``: the output's channel stride. The C++ source says how
-    pixels map. The tensors are kept alive by the call."""
+    pixels map. The tensors are kept alive by the call.
+
+    ``taps`` (int64 ``(groups, k, 3)``: plane start, dy, dx of each kept column) with
+    ``in_hw``: the input is the unpadded image (``image`` = C*H*W floats) and the gather pads
+    it; only for a wide grid of one tile per row (``grid_w == tile``)."""
 
     def __init__(
         self,
@@ -237,6 +243,8 @@ class ConvCall:
         relu: bool,
         chunk: int = 96,
         tile: int = 24,
+        taps: torch.Tensor | None = None,
+        in_hw: tuple[int, int] = (0, 0),
     ) -> None:
         groups, group_rows, kept = weight.shape
         loaded = _library_for(weight=weight, bias=bias)
@@ -247,15 +255,26 @@ class ConvCall:
             )
         if tile not in (16, 24):
             raise ValueError(f"the native conv kernel tiles 16 or 24 pixels; got {tile}")
+        if taps is not None and (
+            taps.dtype != torch.int64
+            or not taps.is_contiguous()
+            or taps.numel() != groups * kept * 3
+            or grid[0] != tile
+        ):
+            raise TypeError(
+                f"taps must be {groups * kept} contiguous int64 (plane, dy, dx) rows and the grid "
+                f"one tile ({tile} pixels) a row; got {taps.dtype} {tuple(taps.shape)}, grid {grid}"
+            )
         weight = interleave_rows(weight, 6 if tile == 16 else 4)
-        self.tensors = (offsets, weight, bias)
+        self.tensors = (offsets, weight, bias, taps)
+        self.unpadded = taps is not None
         self.input_numel, self.output_numel = batch * image, batch * out_image
         self._function = loaded.gs_grouped_gemm_f32
         self._head = (offsets.data_ptr(), weight.data_ptr(), _address(bias))
         grid_w, src_row, src_col = grid
         self._tail = (
             batch, image, out_image, groups, group_rows, kept, pixels, grid_w, src_row, src_col,
-            valid_w, dst_row, out_channel, chunk, tile, int(relu),
+            valid_w, dst_row, out_channel, chunk, tile, int(relu), _address(taps), *in_hw,
         )  # fmt: skip
 
     def __call__(

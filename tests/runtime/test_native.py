@@ -228,6 +228,42 @@ def test_both_tile_widths_compute_the_conv(size, monkeypatch):
 
 @pytest.mark.skipif(native.library() is None, reason=native.status())
 @pytest.mark.parametrize(
+    "height, width, geometry, tile",
+    [
+        (14, 14, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), 16),  # ResNet's 14x14 stage
+        (5, 12, (3, 3, 1, 1, 2, 2, 2, 2, 2, 2), 16),  # dilated: rows and columns past both edges
+        (6, 11, (5, 5, 1, 1, 1, 3, 3, 2, 1, 1), 16),  # asymmetric padding, taps past the bottom
+        (4, 22, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), 24),  # 24-pixel rows
+        (3, 16, (1, 3, 1, 1, 0, 0, 0, 0, 1, 1), 16),  # no padding: shifts into the next row
+    ],
+)
+def test_conv_pads_in_its_gather_where_a_grid_row_is_one_tile(
+    height, width, geometry, tile, monkeypatch
+):
+    """The unpadded input, padded by the gather's masked loads (``taps``), computes what the
+    padded copy does, with bias, shortcut and ReLU, and the kernel takes that path here."""
+    torch.manual_seed(0)
+    kh, kw = geometry[:2]
+    x = torch.randn(2, 6, height, width)
+    columns = torch.stack([torch.randperm(6 * kh * kw)[:17].sort().values for _ in range(2)])
+    weight = torch.randn(2, 7, 17)
+    bias = torch.randn(14)
+    monkeypatch.setattr(cpu, "_tile_pixels", lambda pixels: tile)
+    call, out_shape = cpu._prepared_conv(x.shape, weight, columns, bias, geometry, True)
+    assert call.unpadded
+    residual = torch.randn(out_shape)
+    got = cpu.grouped_conv2d(x, weight, columns, bias, geometry, True, residual=residual)
+    want = cpu.grouped_conv2d(
+        x, weight, columns, bias, geometry, True, use_native=False, residual=residual
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(cpu, "UNPADDED_GATHER", False)
+    padded = cpu.grouped_conv2d(x, weight.clone(), columns, bias, geometry, True, residual=residual)
+    torch.testing.assert_close(got, padded, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize(
     "shape, padding",
     [((1, 3, 5, 7), (1, 1, 1, 1)), ((2, 4, 6, 6), (2, 0, 0, 3)), ((3, 1, 1), (0, 0, 0, 0)),
      ((1, 2, 9, 4), (0, 4, 2, 0))],
