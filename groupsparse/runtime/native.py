@@ -260,10 +260,12 @@ class ConvCall:
             or not taps.is_contiguous()
             or taps.numel() != groups * kept * 3
             or grid[0] != tile
+            or (taps.numel() and not -32 <= int(taps[..., 2].min()) <= int(taps[..., 2].max()) < 32)
         ):
             raise TypeError(
-                f"taps must be {groups * kept} contiguous int64 (plane, dy, dx) rows and the grid "
-                f"one tile ({tile} pixels) a row; got {taps.dtype} {tuple(taps.shape)}, grid {grid}"
+                f"taps must be {groups * kept} contiguous int64 (plane, dy, dx) rows with dx in "
+                f"[-32, 32), and the grid one tile ({tile} pixels) a row; got {taps.dtype} "
+                f"{tuple(taps.shape)}, grid {grid}"
             )
         weight = interleave_rows(weight, 6 if tile == 16 else 4)
         self.tensors = (offsets, weight, bias, taps)

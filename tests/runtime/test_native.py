@@ -257,6 +257,14 @@ def test_conv_pads_in_its_gather_where_a_grid_row_is_one_tile(
         x, weight, columns, bias, geometry, True, use_native=False, residual=residual
     )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    taps = call.tensors[3].clone()
+    taps[0, 0, 2] = 40  # past the kernel's mask table: refused, not read out of bounds
+    with pytest.raises(TypeError, match=r"dx in \[-32, 32\)"):
+        native.ConvCall(
+            call.tensors[0], weight, bias, batch=2, image=6 * height * width, out_image=1,
+            pixels=1, grid=(tile, tile, 1), valid_w=1, dst_row=1, out_channel=1, relu=False,
+            tile=tile, taps=taps, in_hw=(height, width),
+        )  # fmt: skip
     monkeypatch.setattr(cpu, "UNPADDED_GATHER", False)
     padded = cpu.grouped_conv2d(x, weight.clone(), columns, bias, geometry, True, residual=residual)
     torch.testing.assert_close(got, padded, rtol=1e-6, atol=1e-6)
