@@ -431,7 +431,9 @@ def wide_source(
     if out.numel() == 0:
         return out
     row_block = triton.next_power_of_2(pitch)
-    rows = max(1, (256 if INTERPRETED else 4096) // row_block)  # about 4096 elements a tile
+    # about 4096 elements a tile, no more rows than the plane has (14x14: 16 rows of 16)
+    rows = max(1, (256 if INTERPRETED else 4096) // row_block)
+    rows = min(rows, triton.next_power_of_2(padded_height))
     _wide_source_kernel[(batch * kw * channels, triton.cdiv(padded_height, rows))](
         x, out, channels, kw, height, width, x.stride(1), x.stride(0), pitch,
         padded_height, top, left, dw, BR=rows, BP=row_block,
