@@ -26,6 +26,7 @@ can be told apart.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -349,6 +350,39 @@ def time_conv_tiles(runs: int, seed: int) -> int:
     return 0
 
 
+def time_gather_pad(runs: int, seed: int) -> int:
+    """The native conv on 14x14 images (a wide-grid row is one 16-pixel tile) padding in its
+    gather (``cpu.UNPADDED_GATHER``, the default) and from a padded copy of the input, whole
+    calls interleaved in one process."""
+    from groupsparse.runtime import cpu
+
+    generator = torch.Generator().manual_seed(seed)
+    geometry = GEOMETRY_3X3
+    print(f"native conv, 3x3, G=64, {torch.get_num_threads()} threads; median ms a call")
+    print(f"{'conv':22s} {'sparsity':>8s} {'gather':>8s} {'copy':>8s} {'copy/gather':>11s}")
+    for channels in (256, 512):
+        for sparsity in (0.75, 0.9):
+            columns = balanced_columns(channels, channels * 9, 64, sparsity, generator)
+            calls = {}
+            x = torch.randn(1, channels, 14, 14, generator=generator)
+            weight = torch.randn(columns.shape[0], 64, columns.shape[1], generator=generator)
+            for mode in (True, False):  # each its own weight tensor: its own prepared call
+                cpu.UNPADDED_GATHER = mode
+                calls[mode] = functools.partial(
+                    cpu.grouped_conv2d, x, weight.clone(), columns, None, geometry
+                )
+                calls[mode]()  # prepared now, under this mode
+            cpu.UNPADDED_GATHER = True
+            torch.testing.assert_close(calls[True](), calls[False](), rtol=1e-5, atol=1e-5)
+            medians, _ = time_interleaved(calls, runs)
+            print(
+                f"{channels}->{channels} 14x14".ljust(22)
+                + f" {sparsity:8.2f} {medians[True]:8.3f} {medians[False]:8.3f} "
+                f"{medians[False] / medians[True]:10.2f}x"
+            )
+    return 0
+
+
 def time_pad(runs: int, batch: int) -> int:
     """The zero padding in front of the native conv kernel: torch ops (what ran before) and
     native.pad2d, interleaved, on the activations of the layers above."""
@@ -461,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: the conv input's zero padding by torch ops and by native.pad2d",
     )
     parser.add_argument(
+        "--gather-pad",
+        action="store_true",
+        help="instead: the native conv on 14x14 padding in its gather and from a padded copy",
+    )
+    parser.add_argument(
         "--op-overhead",
         action="store_true",
         help="instead: a tiny conv through groupsparse::conv2d, through the same kernel as a "
@@ -479,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         return time_op_overhead(args.runs or 21)
     if args.pad:
         return time_pad(args.runs or 30, args.batch)
+    if args.gather_pad:
+        return time_gather_pad(args.runs or 31, args.seed)
     group_sizes = (64,) if args.quick else GROUP_SIZES
     sparsities = (0.75, 0.9) if args.quick else SPARSITIES
     if args.group_sizes:
