@@ -7,7 +7,7 @@
 # KERNELS_S > 0 also runs tools/gpu_kernels.py (per-kernel timings) for that many seconds,
 # before the benchmark (KERNELS_ARGS: its further arguments). Other settings: RUNS (timed calls per measurement), VARIANTS and SPARSITIES (bench_gpu's
 # --variants / --sparsities; empty for all), TESTS (what pytest runs), GROUP_SIZE (bench_gpu's
-# --group-size), RESULTS (the results folder, bench/results/$CARD by default), PLOTS=0 (no
+# --group-size), PYTEST_N (pytest-xdist workers for the tests, 8 by default; 0 for none), RESULTS (the results folder, bench/results/$CARD by default), PLOTS=0 (no
 # plots copied to $OUT, which brings back 8 files at most).
 #
 # Needs the wheels the machine lacks in .whl/ (tools/bench_gpu.py's docstring says how to
@@ -27,6 +27,7 @@ SPARSITIES=${SPARSITIES:-0.5,0.75,0.9}
 # the Triton-interpreter test is a CPU check (CI runs it): deselected here, where it is slow
 TESTS=${TESTS:-tests/cuda tests/runtime/test_triton_fused.py --deselect tests/runtime/test_triton_fused.py::test_kernels_in_triton_interpreter}
 GROUP_SIZE=${GROUP_SIZE:-}
+PYTEST_N=${PYTEST_N:-8}
 RESULTS=${RESULTS:-bench/results/$CARD}
 PLOTS=${PLOTS:-1}
 mkdir -p "$OUT"
@@ -48,7 +49,8 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 python3 -c "from groupsparse.runtime.cuda import cuda_available; print('cuda backend:', cuda_available())"
 if [ "$TESTS_S" -gt 0 ]; then
     # shellcheck disable=SC2086
-    GROUPSPARSE_TRITON_AUTOTUNE=0 timeout "$TESTS_S" python3 -m pytest $TESTS -q -p no:cacheprovider -rf --tb=short \
+    GROUPSPARSE_TRITON_AUTOTUNE=0 timeout "$TESTS_S" python3 -m pytest $TESTS \
+        $([ "$PYTEST_N" -gt 0 ] && echo "-n $PYTEST_N") -q -p no:cacheprovider -rf --tb=short \
         >"$OUT/tests_cuda.log" 2>&1
     echo "tests/cuda rc=$? ($(tail -n 1 "$OUT/tests_cuda.log"))"
 fi

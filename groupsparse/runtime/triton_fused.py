@@ -199,31 +199,37 @@ def _rows_kernel(
 
 @triton.jit
 def _wide_source_kernel(
-    x_ptr, out_ptr, channels, kw, height, width, x_c_stride, x_b_stride, pitch,
-    padded_height, top, left, dw, BR: tl.constexpr, BP: tl.constexpr,
+    x_ptr, out_ptr, planes, channels, kw, height, width, x_c_stride, x_b_stride, pitch,
+    padded_height, top, left, dw, PL: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr,
 ):  # fmt: skip
-    """Rows ``BR`` at a time of plane ``(b, kx, c)`` of ``wide_source``'s output: grid row
-    ``r``, column ``j`` holds padded pixel ``(r, j + kx * dw)`` (zero past the row's end).
-    Tiles of whole grid rows, so no division per element; loads run along image rows and
-    stores along grid rows."""
-    plane_index = tl.program_id(0)
-    c = plane_index % channels
-    kx = (plane_index // channels) % kw
-    b = plane_index // (channels * kw)
+    """Rows ``BR`` at a time of ``PL`` consecutive planes ``(b, kx, c)`` of ``wide_source``'s
+    output: grid row ``r``, column ``j`` holds padded pixel ``(r, j + kx * dw)`` (zero past
+    the row's end). Tiles of whole grid rows, so no division per element; loads run along
+    image rows and stores along grid rows; small planes (14x14: 16 rows of 16) go several
+    to a tile, so that no tile moves only a few hundred bytes."""
+    plane = tl.program_id(0) * PL + tl.arange(0, PL)
+    c = plane % channels
+    kx = (plane // channels) % kw
+    b = plane // (channels * kw)
     r = tl.program_id(1) * BR + tl.arange(0, BR)
     j = tl.arange(0, BP)
     y = r - top
-    col = j + kx * dw - left
-    inside = (r < padded_height)[:, None] & (j < pitch)[None, :]
+    col = j[None, :] + (kx * dw - left)[:, None]  # (PL, BP)
+    inside = (
+        (plane < planes)[:, None, None]
+        & (r < padded_height)[None, :, None]
+        & (j < pitch)[None, None, :]
+    )
     rows_ok = (y >= 0) & (y < height)
-    cols_ok = (col >= 0) & (col < width) & (j + kx * dw < pitch)
-    source = x_ptr + b.to(tl.int64) * x_b_stride + c.to(tl.int64) * x_c_stride
+    cols_ok = (col >= 0) & (col < width) & (j[None, :] + (kx * dw)[:, None] < pitch)
+    source = b.to(tl.int64) * x_b_stride + c.to(tl.int64) * x_c_stride
     value = tl.load(
-        source + y[:, None] * width + col[None, :],
-        mask=inside & rows_ok[:, None] & cols_ok[None, :], other=0.0,
+        x_ptr + source[:, None, None] + (y * width)[None, :, None] + col[:, None, :],
+        mask=inside & rows_ok[None, :, None] & cols_ok[:, None, :], other=0.0,
     )  # fmt: skip
-    target = out_ptr + plane_index.to(tl.int64) * padded_height * pitch
-    tl.store(target + r[:, None] * pitch + j[None, :], value, mask=inside)
+    target = plane.to(tl.int64) * padded_height * pitch
+    tl.store(out_ptr + target[:, None, None] + (r * pitch)[None, :, None] + j[None, None, :],
+             value, mask=inside)  # fmt: skip
 
 
 @triton.jit
@@ -431,12 +437,15 @@ def wide_source(
     if out.numel() == 0:
         return out
     row_block = triton.next_power_of_2(pitch)
-    # about 4096 elements a tile, no more rows than the plane has (14x14: 16 rows of 16)
-    rows = max(1, (256 if INTERPRETED else 4096) // row_block)
-    rows = min(rows, triton.next_power_of_2(padded_height))
-    _wide_source_kernel[(batch * kw * channels, triton.cdiv(padded_height, rows))](
-        x, out, channels, kw, height, width, x.stride(1), x.stride(0), pitch,
-        padded_height, top, left, dw, BR=rows, BP=row_block,
+    # about 4096 elements a tile: no more rows than the plane has, then as many planes as
+    # fill it (14x14: 16 rows of 16, 16 planes a tile)
+    tile = 512 if INTERPRETED else 4096
+    rows = min(max(1, tile // row_block), triton.next_power_of_2(padded_height))
+    planes = batch * kw * channels
+    per_tile = min(max(1, tile // (rows * row_block)), triton.next_power_of_2(planes))
+    _wide_source_kernel[(triton.cdiv(planes, per_tile), triton.cdiv(padded_height, rows))](
+        x, out, planes, channels, kw, height, width, x.stride(1), x.stride(0), pitch,
+        padded_height, top, left, dw, PL=per_tile, BR=rows, BP=row_block,
     )  # fmt: skip
     return out
 
