@@ -350,36 +350,49 @@ def time_conv_tiles(runs: int, seed: int) -> int:
     return 0
 
 
+GATHER_MODES = {  # name: (cpu.UNPADDED_GATHER, cpu.FLAT_TILE)
+    "auto": ("auto", None), "rows": ("rows", None), "flat16": ("flat", 16),
+    "flat24": ("flat", 24), "copy": ("off", None),
+}  # fmt: skip
+
+
 def time_gather_pad(runs: int, seed: int) -> int:
-    """The native conv on 14x14 images (a wide-grid row is one 16-pixel tile) padding in its
-    gather (``cpu.UNPADDED_GATHER``, the default) and from a padded copy of the input, whole
-    calls interleaved in one process."""
+    """The native conv, 3x3 "same", padding in its gather or reading a padded copy, whole
+    calls interleaved in one process: ``auto`` is the default choice; ``rows`` pads in the gather where a wide-grid row is one
+    tile (14x14: 16-pixel rows, 2 junk columns each) and reads a padded copy elsewhere;
+    ``flat16`` / ``flat24`` pad in the gather on tiles of 16 / 24 output pixels running across
+    rows (no junk); ``copy`` always reads a padded copy."""
     from groupsparse.runtime import cpu
 
     generator = torch.Generator().manual_seed(seed)
     geometry = GEOMETRY_3X3
+    saved = cpu.UNPADDED_GATHER, cpu.FLAT_TILE
     print(f"native conv, 3x3, G=64, {torch.get_num_threads()} threads; median ms a call")
-    print(f"{'conv':22s} {'sparsity':>8s} {'gather':>8s} {'copy':>8s} {'copy/gather':>11s}")
-    for channels in (256, 512):
-        for sparsity in (0.75, 0.9):
-            columns = balanced_columns(channels, channels * 9, 64, sparsity, generator)
-            calls = {}
-            x = torch.randn(1, channels, 14, 14, generator=generator)
-            weight = torch.randn(columns.shape[0], 64, columns.shape[1], generator=generator)
-            for mode in (True, False):  # each its own weight tensor: its own prepared call
-                cpu.UNPADDED_GATHER = mode
-                calls[mode] = functools.partial(
-                    cpu.grouped_conv2d, x, weight.clone(), columns, None, geometry
+    print(f"{'conv':22s} {'sparsity':>8s} " + " ".join(f"{m:>8s}" for m in GATHER_MODES))
+    try:
+        for channels, size in ((512, 7), (256, 14), (512, 14), (512, 28), (256, 56)):
+            for sparsity in (0.75, 0.9):
+                columns = balanced_columns(channels, channels * 9, 64, sparsity, generator)
+                x = torch.randn(1, channels, size, size, generator=generator)
+                weight = torch.randn(columns.shape[0], 64, columns.shape[1], generator=generator)
+                calls = {}
+                for mode, (unpadded, tile) in GATHER_MODES.items():
+                    cpu.UNPADDED_GATHER, cpu.FLAT_TILE = unpadded, tile
+                    # each its own weight tensor: its own prepared call, under this mode
+                    calls[mode] = functools.partial(
+                        cpu.grouped_conv2d, x, weight.clone(), columns, None, geometry
+                    )
+                    calls[mode]()
+                reference = calls["copy"]()
+                for mode, call in calls.items():
+                    torch.testing.assert_close(call(), reference, rtol=1e-5, atol=1e-5)
+                medians, _ = time_interleaved(calls, runs)
+                print(
+                    f"{channels}->{channels} {size}x{size}".ljust(22) + f" {sparsity:8.2f} "
+                    + " ".join(f"{medians[m]:8.3f}" for m in GATHER_MODES)
                 )
-                calls[mode]()  # prepared now, under this mode
-            cpu.UNPADDED_GATHER = True
-            torch.testing.assert_close(calls[True](), calls[False](), rtol=1e-5, atol=1e-5)
-            medians, _ = time_interleaved(calls, runs)
-            print(
-                f"{channels}->{channels} 14x14".ljust(22)
-                + f" {sparsity:8.2f} {medians[True]:8.3f} {medians[False]:8.3f} "
-                f"{medians[False] / medians[True]:10.2f}x"
-            )
+    finally:
+        cpu.UNPADDED_GATHER, cpu.FLAT_TILE = saved
     return 0
 
 
@@ -497,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gather-pad",
         action="store_true",
-        help="instead: the native conv on 14x14 padding in its gather and from a padded copy",
+        help="instead: the native conv (3x3, 7x7 to 56x56) padding in its gather, rows or flat, and from a padded copy",
     )
     parser.add_argument(
         "--op-overhead",

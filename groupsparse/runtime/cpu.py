@@ -442,12 +442,22 @@ def _prepared_conv(
     else:
         mapping = (grid.out_w, grid.sh * grid.padded_w, grid.sw)
     out_shape = (grid.batch, groups * group_rows, grid.out_h, grid.out_w)
-    tile = _tile_pixels(grid.pixels)
+    pixels = grid.pixels
+    tile = _tile_pixels(pixels)
     taps = None
-    # (the kernel's masks cover column shifts in [-32, 32))
-    reach = max(geometry[6], (geometry[1] - 1) * geometry[9] - geometry[6])
-    if grid.wide and grid.padded_w == tile and reach < 32 and UNPADDED_GATHER:
-        taps = _unpadded_taps(columns, geometry, grid)
+    # the kernel's masks cover row and column shifts spanning fewer than 64
+    kh, kw, _, _, top, _, left, _, dh, dw = geometry
+    if grid.wide and max((kh - 1) * dh, (kw - 1) * dw) < 64 and UNPADDED_GATHER != "off":
+        flat = grid.out_h * grid.out_w
+        if grid.out_w == grid.width and (
+            UNPADDED_GATHER == "flat" or (UNPADDED_GATHER == "auto" and flat <= FLAT_MAX_PIXELS)
+        ):
+            # tiles run across output rows, no junk: the grid is the output itself
+            pixels, mapping = flat, (grid.out_w, grid.out_w, 1)
+            tile = FLAT_TILE or _tile_pixels(flat)
+            taps = _unpadded_taps(columns, geometry, grid)
+        elif grid.padded_w == tile:
+            taps = _unpadded_taps(columns, geometry, grid)
     call = native.ConvCall(
         offsets.to(torch.int64).contiguous(),
         weight.contiguous(),
@@ -455,7 +465,7 @@ def _prepared_conv(
         batch=grid.batch,
         image=grid.channels * grid.height * grid.width if taps is not None else grid.image,
         out_image=groups * group_rows * grid.out_h * grid.out_w,
-        pixels=grid.pixels,
+        pixels=pixels,
         grid=mapping,
         valid_w=grid.out_w,
         dst_row=grid.out_w,
@@ -468,9 +478,17 @@ def _prepared_conv(
     return call, out_shape
 
 
-# the native conv pads in its gather where a wide grid row is one tile (14x14 images with
-# 3x3 "same" convs: 16-pixel rows); False: always from a padded copy (for comparison)
-UNPADDED_GATHER = True
+# Where the native conv pads in its gather (masked loads from the unpadded input) rather
+# than reading a padded copy. "auto": on a flat grid (tiles of output pixels running across
+# rows, no junk columns) for stride-1 convs whose output rows are as wide as the input's and
+# whose images have at most FLAT_MAX_PIXELS output pixels, else on the wide grid where one of
+# its rows is one tile. "flat" and "rows": each wherever it applies; "off": never (the last
+# three for comparison: python tools/bench_layers.py --gather-pad, 2 threads, 3x3 at 75/90%:
+# flat against rows 14% / 18% less time on 512-channel 14x14, 14% / 20% on 7x7; against the
+# padded copy, flat is 1-17% slower on 28x28 and 56x56).
+UNPADDED_GATHER = "auto"
+FLAT_MAX_PIXELS = 256
+FLAT_TILE: int | None = None  # pixels a flat tile; None: _tile_pixels' choice
 
 
 def _unpadded_taps(columns: torch.Tensor, geometry: ConvGeometry, grid: _ConvGrid) -> torch.Tensor:

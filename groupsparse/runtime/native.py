@@ -211,6 +211,10 @@ def interleave_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return padded.view(groups, blocks, rows, kept).transpose(2, 3).contiguous()
 
 
+def _span(values: torch.Tensor) -> int:
+    return int(values.max()) - int(values.min())
+
+
 class ConvCall:
     """The native conv kernel for one layer and input shape: its constant tensors and sizes
     checked once, then each call passes only the padded input, the output and a residual.
@@ -224,7 +228,8 @@ class ConvCall:
 
     ``taps`` (int64 ``(groups, k, 3)``: plane start, dy, dx of each kept column) with
     ``in_hw``: the input is the unpadded image (``image`` = C*H*W floats) and the gather pads
-    it; only for a wide grid of one tile per row (``grid_w == tile``)."""
+    it; only for a wide grid of one tile per row (``grid_w == tile``) or a grid as wide as
+    the image (``grid_w == W``, stride 1: tiles run across rows)."""
 
     def __init__(
         self,
@@ -259,13 +264,15 @@ class ConvCall:
             taps.dtype != torch.int64
             or not taps.is_contiguous()
             or taps.numel() != groups * kept * 3
-            or grid[0] != tile
-            or (taps.numel() and not -32 <= int(taps[..., 2].min()) <= int(taps[..., 2].max()) < 32)
+            or grid[0] not in (tile, in_hw[1])
+            or (taps.numel() and _span(taps[..., 1]) >= 64)
+            or (taps.numel() and _span(taps[..., 2]) >= 64)
         ):
             raise TypeError(
-                f"taps must be {groups * kept} contiguous int64 (plane, dy, dx) rows with dx in "
-                f"[-32, 32), and the grid one tile ({tile} pixels) a row; got {taps.dtype} "
-                f"{tuple(taps.shape)}, grid {grid}"
+                f"taps must be {groups * kept} contiguous int64 (plane, dy, dx) rows whose dy "
+                f"and dx each span fewer than 64, on a grid one tile ({tile} pixels) or one "
+                f"image row ({in_hw[1]} pixels) wide; got {taps.dtype} {tuple(taps.shape)}, "
+                f"grid {grid}"
             )
         weight = interleave_rows(weight, 6 if tile == 16 else 4)
         self.tensors = (offsets, weight, bias, taps)
@@ -298,6 +305,8 @@ class ConvCall:
         failed = self._function(
             flat.data_ptr(), *self._head, _address(residual), out.data_ptr(), *self._tail
         )
+        if failed == 2:
+            raise ValueError("the native conv's taps shift rows or columns by 64 or more")
         if failed:
             raise MemoryError("groupsparse's native CPU kernel could not allocate its scratch")
         return out

@@ -249,8 +249,9 @@ def test_conv_pads_in_its_gather_where_a_grid_row_is_one_tile(
     weight = torch.randn(2, 7, 17)
     bias = torch.randn(14)
     monkeypatch.setattr(cpu, "_tile_pixels", lambda pixels: tile)
+    monkeypatch.setattr(cpu, "UNPADDED_GATHER", "rows")
     call, out_shape = cpu._prepared_conv(x.shape, weight, columns, bias, geometry, True)
-    assert call.unpadded
+    assert call.unpadded and call._tail[7] == tile  # one grid row, one tile
     residual = torch.randn(out_shape)
     got = cpu.grouped_conv2d(x, weight, columns, bias, geometry, True, residual=residual)
     want = cpu.grouped_conv2d(
@@ -258,16 +259,70 @@ def test_conv_pads_in_its_gather_where_a_grid_row_is_one_tile(
     )
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     taps = call.tensors[3].clone()
-    taps[0, 0, 2] = 40  # past the kernel's mask table: refused, not read out of bounds
-    with pytest.raises(TypeError, match=r"dx in \[-32, 32\)"):
+    taps[0, 0, 2] = 70  # past the kernel's mask tables: refused, not read out of bounds
+    with pytest.raises(TypeError, match="span fewer than 64"):
         native.ConvCall(
             call.tensors[0], weight, bias, batch=2, image=6 * height * width, out_image=1,
             pixels=1, grid=(tile, tile, 1), valid_w=1, dst_row=1, out_channel=1, relu=False,
             tile=tile, taps=taps, in_hw=(height, width),
         )  # fmt: skip
-    monkeypatch.setattr(cpu, "UNPADDED_GATHER", False)
+    monkeypatch.setattr(cpu, "UNPADDED_GATHER", "off")
     padded = cpu.grouped_conv2d(x, weight.clone(), columns, bias, geometry, True, residual=residual)
     torch.testing.assert_close(got, padded, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize(
+    "height, width, geometry, tile",
+    [
+        (14, 14, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), 16),  # 196 pixels: the last tile 4 wide
+        (14, 14, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), 24),
+        (5, 12, (3, 3, 1, 1, 2, 2, 2, 2, 2, 2), 16),  # dilated: shifts of two rows and columns
+        (6, 11, (3, 3, 1, 1, 0, 2, 1, 1, 1, 1), 16),  # padded below only
+        (7, 7, (5, 5, 1, 1, 2, 2, 2, 2, 1, 1), 24),  # a tile spans three rows
+        (4, 9, (1, 1, 1, 1, 0, 0, 0, 0, 1, 1), 16),  # 1x1: nothing to pad
+    ],
+)
+def test_conv_pads_in_its_gather_on_a_flat_grid(height, width, geometry, tile, monkeypatch):
+    """UNPADDED_GATHER="flat": tiles of output pixels running across rows (no junk columns),
+    each column's loads masked per lane by row and column; equal to the torch-ops kernel."""
+    torch.manual_seed(1)
+    kh, kw = geometry[:2]
+    x = torch.randn(3, 5, height, width)
+    kept = min(13, 5 * kh * kw)
+    columns = torch.stack([torch.randperm(5 * kh * kw)[:kept].sort().values for _ in range(3)])
+    weight, bias = torch.randn(3, 8, kept), torch.randn(24)
+    monkeypatch.setattr(cpu, "UNPADDED_GATHER", "flat")
+    monkeypatch.setattr(cpu, "FLAT_TILE", tile)
+    call, out_shape = cpu._prepared_conv(x.shape, weight, columns, bias, geometry, True)
+    assert call.unpadded and call._tail[7] == width  # grid as wide as the image
+    residual = torch.randn(out_shape)
+    got = cpu.grouped_conv2d(x, weight, columns, bias, geometry, True, residual=residual)
+    want = cpu.grouped_conv2d(
+        x, weight, columns, bias, geometry, True, use_native=False, residual=residual
+    )
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize(
+    "size, geometry, grid_w",
+    [
+        (14, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), 14),  # flat: 196 pixels
+        (7, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), 7),
+        (28, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), None),  # 784 pixels: the padded copy
+        (14, (3, 3, 2, 2, 1, 1, 1, 1, 1, 1), None),  # stride 2: the padded copy
+    ],
+)
+def test_gather_padding_by_default(size, geometry, grid_w):
+    """The default ("auto"): a flat grid on small "same" convs, a padded copy on larger
+    images and strided convs."""
+    columns = torch.arange(8).view(2, 4)
+    call, _ = cpu._prepared_conv((1, 4, size, size), torch.randn(2, 3, 4), columns, None,
+                                 geometry, False)  # fmt: skip
+    assert call.unpadded == (grid_w is not None)
+    if grid_w is not None:
+        assert call._tail[7] == grid_w
 
 
 @pytest.mark.skipif(native.library() is None, reason=native.status())

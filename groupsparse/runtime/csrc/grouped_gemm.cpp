@@ -110,9 +110,10 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
 
 extern "C" {
 
-int gs_native_version() { return 7; }
+int gs_native_version() { return 8; }
 
-// Returns 0, or 1 when scratch memory could not be allocated (the output is then undefined).
+// Returns 0, or 1 when scratch memory could not be allocated, or 2 when taps' row or column
+// shifts span 64 or more (the output is then undefined).
 //
 // input:   batch images of in_image floats each (the zero-padded NCHW input, flattened)
 // offsets: (groups, kept) start of each kept column in one padded image
@@ -128,10 +129,12 @@ int gs_native_version() { return 7; }
 // Output row r, stored pixel d: out[r * out_channel + d] (NCHW).
 //
 // taps (null, or (groups, kept, 3)): the input is the unpadded image (in_h x in_w planes) and
-// the padding is done in the gather, for a wide grid whose rows are one tile each (grid_w ==
-// tile_pixels): kept column k of group g is tap {plane start, dy, dx}, and grid pixel (oy, j)
-// reads input[plane + (oy + dy) * in_w + j + dx], zero outside the image. Saves the padded
-// copy, which cost 0.09-0.19 ms of a 1.1-1.3 ms call of a 512-channel 14x14 3x3 at 90%.
+// the padding is done in the gather: kept column k of group g is tap {plane start, dy, dx},
+// and grid pixel (oy, ox) reads input[plane + (oy + dy) * in_w + ox + dx], zero outside the
+// image (masked loads), for a stride-1 conv on a grid whose tiles are contiguous runs there:
+// a wide grid of one tile per row (grid_w == tile_pixels), or a grid as wide as the image
+// (grid_w == in_w: no junk columns, tiles run across rows). Saves the padded copy, which cost
+// 0.09-0.19 ms of a 1.1-1.3 ms call of a 512-channel 14x14 3x3 at 90%.
 int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float* weight,
                   const float* bias, const float* residual, float* out, int64_t batch, int64_t in_image,
                   int64_t out_image, int64_t groups, int64_t group_rows, int64_t kept,
@@ -171,6 +174,15 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
   const int64_t chunks = (pixels + CHUNK - 1) / CHUNK;
   const int64_t blocks = (group_rows + MR - 1) / MR;
   const bool prefetch = taps == nullptr && in_image * int64_t{sizeof(float)} > (int64_t{1} << 20);
+  int64_t dy_min = 0, dy_max = 0, dx_min = 0, dx_max = 0;
+  for (int64_t i = 0; taps != nullptr && i < groups * kept; ++i) {
+    const int64_t dy = taps[3 * i + 1], dx = taps[3 * i + 2];
+    if (i == 0 || dy < dy_min) dy_min = dy;
+    if (i == 0 || dy > dy_max) dy_max = dy;
+    if (i == 0 || dx < dx_min) dx_min = dx;
+    if (i == 0 || dx > dx_max) dx_max = dx;
+  }
+  if (dy_max - dy_min >= 64 || dx_max - dx_min >= 64) return 2;
   int failed = 0;
   at::parallel_for(0, batch * chunks * groups, 1, [&](int64_t begin, int64_t end) {
     Buffers scratch(kept, blocks * MR, NR);
@@ -179,21 +191,10 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
       return;
     }
     int64_t src[NR], run_first[NR], run_length[NR], run_dst[NR];
-    // taps: the load masks of each column shift dx in [-32, 32) (the caller keeps dx there)
+    // taps: each tile's load masks, one per row shift dy and one per column shift dx
+    // (ranges found below, at most 64 wide: the caller keeps them so)
     constexpr int64_t V = NR / 8;
-    __m256i shift_mask[64][V];
-    if (taps != nullptr) {
-      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-      const __m256i width = _mm256_set1_epi32(static_cast<int>(in_w));
-      const __m256i minus_one = _mm256_set1_epi32(-1);
-      for (int64_t dx = -32; dx < 32; ++dx)
-        for (int64_t v = 0; v < V; ++v) {
-          const __m256i column =
-              _mm256_add_epi32(lane, _mm256_set1_epi32(static_cast<int>(v * 8 + dx)));
-          shift_mask[dx + 32][v] = _mm256_and_si256(_mm256_cmpgt_epi32(column, minus_one),
-                                                    _mm256_cmpgt_epi32(width, column));
-        }
-    }
+    __m256i row_mask[64][V], column_mask[64][V];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t g = item % groups;
       const int64_t chunk = (item / groups) % chunks;
@@ -229,20 +230,42 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
         }
         // the gather: panel[k][0..NR) = this tile's pixels of kept column k
         float* panel = scratch.panel;
-        if (taps != nullptr) {  // one grid row, padded here: masked loads, zero rows outside
-          const int64_t oy = q / grid_w;
+        if (taps != nullptr) {  // padded here: masked loads of one contiguous run per column
+          // lane j is grid pixel (oy, ox) = (q + j) / grid_w, % grid_w; the run is contiguous
+          // in the unpadded image because the tile is one grid row or grid_w == in_w
+          alignas(32) int32_t lane_y[NR], lane_x[NR];
+          for (int64_t j = 0; j < NR; ++j) {
+            const int64_t p = q + j;
+            lane_y[j] = j < n ? static_cast<int32_t>(p / grid_w) : -(1 << 20);  // past the end
+            lane_x[j] = static_cast<int32_t>(p % grid_w);
+          }
+          const __m256i minus_one = _mm256_set1_epi32(-1);
+          const __m256i height = _mm256_set1_epi32(static_cast<int>(in_h));
+          const __m256i width = _mm256_set1_epi32(static_cast<int>(in_w));
+          for (int64_t v = 0; v < V; ++v) {
+            const __m256i y = _mm256_load_si256(reinterpret_cast<const __m256i*>(lane_y + v * 8));
+            const __m256i x = _mm256_load_si256(reinterpret_cast<const __m256i*>(lane_x + v * 8));
+            for (int64_t dy = dy_min; dy <= dy_max; ++dy) {
+              const __m256i at = _mm256_add_epi32(y, _mm256_set1_epi32(static_cast<int>(dy)));
+              row_mask[dy - dy_min][v] = _mm256_and_si256(_mm256_cmpgt_epi32(at, minus_one),
+                                                          _mm256_cmpgt_epi32(height, at));
+            }
+            for (int64_t dx = dx_min; dx <= dx_max; ++dx) {
+              const __m256i at = _mm256_add_epi32(x, _mm256_set1_epi32(static_cast<int>(dx)));
+              column_mask[dx - dx_min][v] = _mm256_and_si256(_mm256_cmpgt_epi32(at, minus_one),
+                                                             _mm256_cmpgt_epi32(width, at));
+            }
+          }
+          const int64_t start = (q / grid_w) * in_w + q % grid_w;  // lane 0, unshifted
           const int64_t* tap = taps + g * kept * 3;
           for (int64_t k = 0; k < kept; ++k, tap += 3) {
             float* d = panel + k * NR;
-            const int64_t y = oy + tap[1];
-            if (y < 0 || y >= in_h) {
-              for (int64_t v = 0; v < V; ++v) _mm256_store_ps(d + v * 8, _mm256_setzero_ps());
-              continue;
-            }
-            const float* s = image + tap[0] + y * in_w + tap[2];
-            const __m256i* mask = shift_mask[tap[2] + 32];
+            const float* s = image + tap[0] + start + tap[1] * in_w + tap[2];
+            const __m256i* rows_ok = row_mask[tap[1] - dy_min];
+            const __m256i* columns_ok = column_mask[tap[2] - dx_min];
             for (int64_t v = 0; v < V; ++v)
-              _mm256_store_ps(d + v * 8, _mm256_maskload_ps(s + v * 8, mask[v]));
+              _mm256_store_ps(d + v * 8, _mm256_maskload_ps(
+                  s + v * 8, _mm256_and_si256(rows_ok[v], columns_ok[v])));
           }
         } else if (n == NR && src[NR - 1] - src[0] == NR - 1) {
           const float* base = image + src[0];
