@@ -446,7 +446,7 @@ def _prepared_conv(
     tile = _tile_pixels(pixels)
     taps = None
     # the kernel's masks cover row and column shifts spanning fewer than 64
-    kh, kw, _, _, top, _, left, _, dh, dw = geometry
+    kh, kw, dh, dw = geometry[0], geometry[1], geometry[8], geometry[9]
     if grid.wide and max((kh - 1) * dh, (kw - 1) * dw) < 64 and UNPADDED_GATHER != "off":
         flat = grid.out_h * grid.out_w
         if grid.out_w == grid.width and (
