@@ -17,8 +17,9 @@ __all__ = ["capture_cuda_graph", "time_graphs_side_by_side", "time_side_by_side"
 def time_side_by_side(
     functions: dict[str, Callable[[], object]], runs: int, warmup: int = 3
 ) -> dict[str, float]:
-    """Median milliseconds of each function, timed in turns (A, B, A, B, ...) so that drift in
-    the machine's speed falls on all of them alike.
+    """Median milliseconds of each function, timed in turns (A, B, B, A, A, B, ...: the order
+    reversed every other turn, so that neither always runs first, right after the other) so
+    that drift in the machine's speed falls on all of them alike.
 
     Where CUDA is in use, each call is timed from an idle GPU to an idle GPU (synchronized
     before and after), so that a function's time is its kernels' and not only their launch."""
@@ -28,8 +29,9 @@ def time_side_by_side(
             for function in functions.values():
                 function()
         times: dict[str, list[float]] = {name: [] for name in functions}
-        for _ in range(runs):
-            for name, function in functions.items():
+        turn = list(functions.items())
+        for run in range(runs):
+            for name, function in turn if run % 2 == 0 else reversed(turn):
                 synchronize()
                 start = time.perf_counter()
                 function()

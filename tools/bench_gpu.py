@@ -9,7 +9,9 @@ float16) at sparsity 0.5, 0.75 and 0.9:
 
     dense            the unpruned model (cuDNN / cuBLAS), eager
     dense-compile    the same under torch.compile (Inductor)
+    dense-compile-graph  torch.compile(mode="reduce-overhead"): Inductor with CUDA graphs
     dense-graph      the same replayed from a CUDA graph
+    dense-nhwc-graph   the same, channels_last (CNNs only: cuDNN's fast half-precision layout)
     csr              element-wise pruning, torch.sparse CSR (cuSPARSE); convs as im2col + SpMM
     bsr              block-wise pruning (16x16), torch.sparse BSR; convs as im2col + SpMM
     2:4              2:4 on the linear layers, torch.sparse.to_sparse_semi_structured (50% only)
@@ -19,6 +21,8 @@ float16) at sparsity 0.5, 0.75 and 0.9:
                        replayed from CUDA graphs
     groupsparse-compile  torch.compile(backend="groupsparse"): the group-sparse layers
                        rewritten, the rest compiled by Inductor (against dense-compile)
+    groupsparse-compile-graph  the same with options={"cudagraphs": True}: layers decided by
+                       GPU time, Inductor's CUDA graphs (against dense-compile-graph)
 
 Timing: CUDA events around each call, the median of ``--runs`` calls after ``--warmup``.
 Results go to ``<out>/results.json`` (updated after every step, merged with what is already
@@ -85,8 +89,8 @@ SPARSITIES = (0.5, 0.75, 0.9)
 GROUP_SIZE = 32
 BSR_BLOCK = 16
 VARIANTS = (
-    "dense", "dense-compile", "dense-graph", "csr", "bsr", "2:4", "loop", "groupsparse",
-    "groupsparse-graph", "groupsparse-compile",
+    "dense", "dense-compile", "dense-compile-graph", "dense-graph", "dense-nhwc-graph", "csr", "bsr", "2:4", "loop", "groupsparse",
+    "groupsparse-graph", "groupsparse-compile", "groupsparse-compile-graph",
 )  # fmt: skip
 
 
@@ -372,7 +376,14 @@ def run_model(name: str, args: argparse.Namespace, results: Results, gs: Any) ->
     else:
         if "dense-compile" in args.variants:
             record("dense-compile", None, _end_to_end, torch.compile(dense), inputs, timer)
+        if "dense-compile-graph" in args.variants:
+            torch._dynamo.reset()
+            record("dense-compile-graph", None, _end_to_end,
+                   torch.compile(dense, mode="reduce-overhead"), inputs, timer)  # fmt: skip
         record("dense-graph", None, _dense_graphed_end_to_end, gs, dense, inputs, timer)
+        if any(t.dim() == 4 for t in inputs):
+            record("dense-nhwc-graph", None, _channels_last_graphed_end_to_end, dense, inputs,
+                   timer)  # fmt: skip
         record("2:4", 0.5, _two_four_end_to_end, base, cpu_inputs, args, timer, gs)
     del dense
 
@@ -402,6 +413,8 @@ def run_model(name: str, args: argparse.Namespace, results: Results, gs: Any) ->
                    timer, reference)  # fmt: skip
             record("groupsparse-compile", sparsity, _inductor_compiled_end_to_end, grouped,
                    inputs, timer, reference)  # fmt: skip
+            record("groupsparse-compile-graph", sparsity, _inductor_compiled_end_to_end,
+                   grouped, inputs, timer, reference, True)  # fmt: skip
         record("loop", sparsity, _loop_end_to_end, gs, grouped, inputs, backend, timer, reference)
         if "layers" in args.variants:
             _time_layers(name, grouped, inputs, _layer_names(masks), sparsity, args, timer, results)
@@ -470,6 +483,16 @@ def _graphed_end_to_end(model, inputs, timer) -> dict[str, Any]:
     return {"ms": timer.median_ms(graphed(functools.partial(model, *inputs)))}
 
 
+def _channels_last_graphed_end_to_end(model, inputs, timer) -> dict[str, Any]:
+    """The dense model with its weights and image input channels_last (NHWC, cuDNN's fast
+    layout for half precision; Inductor picks it too), replayed from a CUDA graph."""
+    model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    inputs = tuple(
+        t.to(memory_format=torch.channels_last) if t.dim() == 4 else t for t in inputs
+    )
+    return _graphed_end_to_end(model, inputs, timer)
+
+
 def _graph_compiled_end_to_end(gs, model, inputs, timer, reference) -> dict[str, Any]:
     """compile_sparse(cuda_graph=True): layers decided by their kernels' GPU time, the model
     replayed from a CUDA graph (input copy and output clone included in the time)."""
@@ -477,17 +500,23 @@ def _graph_compiled_end_to_end(gs, model, inputs, timer, reference) -> dict[str,
     return _end_to_end(fast, inputs, timer, reference, fast.report)
 
 
-def _inductor_compiled_end_to_end(model, inputs, timer, reference) -> dict[str, Any]:
+def _inductor_compiled_end_to_end(
+    model, inputs, timer, reference, cudagraphs: bool = False
+) -> dict[str, Any]:
     """torch.compile(backend="groupsparse"): layers rewritten as in compile_sparse, the rest
-    of each Dynamo graph compiled by Inductor (the comparison is dense-compile)."""
+    of each Dynamo graph compiled by Inductor (the comparison is dense-compile); with
+    ``cudagraphs``, Inductor's CUDA graphs and layers decided by GPU time (the comparison is
+    dense-compile-graph)."""
     torch._dynamo.reset()
     reports: list = []
-    fast = torch.compile(model, backend="groupsparse", options={"report": reports})
+    options = {"report": reports, "cudagraphs": cudagraphs}
+    fast = torch.compile(model, backend="groupsparse", options=options)
     with torch.inference_mode():
         fast(*inputs)  # compiles, timing its layers on these inputs
     values = _end_to_end(fast, inputs, timer, reference)
     values["rewritten_layers"] = sum(len(report.rewritten) for report in reports)
     values["layers"] = sum(len(report) for report in reports)
+    values["report"] = [row for report in reports for row in report.to_dicts()]
     torch._dynamo.reset()
     return values
 

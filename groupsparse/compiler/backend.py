@@ -19,7 +19,9 @@ from .pipeline import run_pipeline
 
 __all__ = ["BACKEND_OPTIONS", "groupsparse_backend"]
 
-BACKEND_OPTIONS = ("inductor", "decide", "kernel", "min_speedup", "exclude", "report")
+BACKEND_OPTIONS = (
+    "inductor", "cudagraphs", "decide", "kernel", "min_speedup", "exclude", "report",
+)  # fmt: skip
 
 
 def _is_real(value: Any) -> bool:
@@ -34,15 +36,24 @@ def groupsparse_backend(
     """Rewrite group-sparse layers of a Dynamo graph, then compile the rest with Inductor.
 
     Options (``torch.compile(model, backend="groupsparse", options={...})``): ``inductor``
-    (default True), ``decide`` ("time" when the inputs are real tensors, else "cost"),
-    ``kernel``, ``min_speedup``, ``exclude``, and ``report`` (a list the backend appends each
-    graph's Report to).
+    (default True), ``cudagraphs`` (default False: Inductor replays each graph from CUDA
+    graphs, as ``mode="reduce-overhead"`` does, and "time" then decides each CUDA layer by
+    its kernels' GPU time, not their launch cost; needs Inductor), ``decide`` ("time" when the
+    inputs are real tensors, else "cost"), ``kernel``, ``min_speedup``, ``exclude``, and
+    ``report`` (a list the backend appends each graph's Report to).
     """
     options = {**(options or {}), **kwargs}
     unknown = set(options) - set(BACKEND_OPTIONS)
     if unknown:
         raise ValueError(
             f"unknown groupsparse backend options {sorted(unknown)}; allowed: {BACKEND_OPTIONS}"
+        )
+    cudagraphs = bool(options.get("cudagraphs", False))
+    if cudagraphs and not options.get("inductor", True):
+        raise ValueError(
+            "groupsparse backend: cudagraphs=True needs inductor=True (Inductor's CUDA graphs "
+            "keep the parameters Dynamo passes as inputs in place; use "
+            "gs.compile_sparse(model, x, cuda_graph=True) for a model without Inductor)"
         )
     placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
     values = {
@@ -55,6 +66,7 @@ def groupsparse_backend(
         kernel=options.get("kernel", "grouped"),
         min_speedup=options.get("min_speedup", 1.05),
         native_pooling=not options.get("inductor", True),  # Inductor generates its own pools
+        cuda_graph=cudagraphs,
     )
     context = CompileContext(
         options=compile_options,
@@ -86,5 +98,7 @@ def groupsparse_backend(
                 known.setdefault(name, ConstantSource(name))
             gm._param_name_to_source = known
 
-        return compile_fx(gm, example_inputs)
+        return compile_fx(
+            gm, example_inputs, config_patches={"triton.cudagraphs": True} if cudagraphs else None
+        )
     return gm.forward

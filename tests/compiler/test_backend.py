@@ -43,6 +43,27 @@ def test_unknown_option_is_refused():
         compiled(torch.randn(2, 4))
 
 
+def test_cudagraphs_option_needs_inductor_and_runs_on_the_cpu():
+    """cudagraphs=True without Inductor is refused, saying what to use instead; with it, CPU
+    inputs compile and run as without it (Inductor's CUDA graphs skip CPU graphs)."""
+    model = _sparse_cnn()
+    x = torch.randn(2, 3, 8, 8)
+    refused = torch.compile(
+        model, backend="groupsparse", options={"cudagraphs": True, "inductor": False}
+    )
+    with pytest.raises(Exception, match=r"cudagraphs=True needs inductor=True.*cuda_graph=True"):
+        refused(x)
+    torch._dynamo.reset()
+    reports = []
+    compiled = torch.compile(
+        model, backend="groupsparse",
+        options={"cudagraphs": True, "decide": "always", "report": reports},
+    )  # fmt: skip
+    with torch.no_grad():
+        assert max_relative_error(compiled(x), model(x)) < 1e-4
+    assert len(reports[0].rewritten) == 5
+
+
 def test_tiny_bert_through_torch_compile_and_compile_sparse():
     pytest.importorskip("transformers")
     import groupsparse as gs

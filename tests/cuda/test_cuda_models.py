@@ -62,6 +62,27 @@ def test_torch_compile_backend_on_cuda_matches_masked_eager():
 
 
 @pytest.mark.parametrize("decide", ["always", "time"])
+def test_torch_compile_backend_with_cudagraphs_matches_masked_eager(decide):
+    """options={"cudagraphs": True}: Inductor replays the graph from CUDA graphs, and "time"
+    decides layers by their kernels' GPU time."""
+    torch._dynamo.reset()
+    model = _sparse_cnn().to("cuda").eval()
+    reports: list = []
+    compiled = torch.compile(
+        model, backend="groupsparse",
+        options={"cudagraphs": True, "decide": decide, "report": reports},
+    )  # fmt: skip
+    with torch.no_grad():
+        for _ in range(3):  # warm-up, recording, replay
+            x = torch.randn(4, 3, 8, 8, device="cuda")
+            assert max_relative_error(compiled(x).clone(), model(x)) < 1e-4
+    assert reports
+    if decide == "always":
+        assert set(reports[0].rewritten) == {"conv1", "conv2", "conv3", "fc", "head"}
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("decide", ["always", "time"])
 def test_cuda_graph_replay_matches_masked_eager_for_each_batch(decide):
     model = _sparse_cnn().to("cuda").eval()
     fast = gs.compile_sparse(
