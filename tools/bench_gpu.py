@@ -767,6 +767,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true",
                         help="check the harness on the CPU: small models, batch 2, float32")  # fmt: skip
     parser.add_argument("--plot-only", action="store_true", help="redraw plots from results.json")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its algorithms per shape, for every variant "
+                        "(torch.backends.cudnn.benchmark; recorded in settings)")  # fmt: skip
     parser.add_argument(
         "--verbose", action="store_true", help="print tracebacks of failed variants"
     )
@@ -804,7 +807,9 @@ def main(argv: list[str] | None = None) -> int:
         "batch": args.batch, "group_size": args.group_size, "runs": args.runs,
         "warmup": args.warmup, "dtype": str(args.dtype), "dry_run": args.dry_run,
         "timing": "CUDA events, median" if device.type == "cuda" else "host clock, median",
+        "cudnn_benchmark": args.cudnn_benchmark,
     }  # fmt: skip
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     print(json.dumps(results.data["environment"], indent=1), flush=True)
     if not args.skip_tests:
         results.data["tests"] = run_tests(args.out)

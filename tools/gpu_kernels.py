@@ -7,6 +7,9 @@ Kernels timed (float16, batch 32; each also checked against the dense layer of t
 weight, relative error in the table):
 
     dense      F.linear / F.conv2d of the masked weight
+    dense-nhwc convs only: the same conv with input and weight channels_last (cuDNN's fast
+               half-precision layout, the one Inductor picks); the table shows the fused
+               kernel's speed-up against it too
     fused      cuda.grouped_linear / grouped_conv2d (Triton: rows of x^T for linears and
                1x1 convs, the wide grid for stride-1 convs on images from 14x14 up, the
                pixel gather for the rest)
@@ -88,6 +91,9 @@ def _row(record) -> str:
         tile = record.get(variant, {}).get("tile")
         if tile:
             cells.append(f"{variant} tile {tile}")
+    nhwc = record.get("dense-nhwc", {}).get("graph_ms")
+    if nhwc:
+        cells.append(f"dense nhwc {nhwc:.3f} ms" + (f", fused {nhwc / fused:.2f}x it" if fused else ""))
     if fused:
         flops = _kept_flops(record["layer"], record["sparsity"], batch)
         cells.append(f"fused {flops / fused / 1e9:.0f} TFLOP/s kept")
@@ -144,8 +150,11 @@ def _calls(kind, x, weight, columns, bias, dense, geometry):
         )[0]
         return calls
     pad = geometry[4]
+    x_nhwc = x.contiguous(memory_format=torch.channels_last)
+    dense_nhwc = dense.contiguous(memory_format=torch.channels_last)
     calls = {
         "dense": lambda: F.conv2d(x, dense, bias, padding=pad),
+        "dense-nhwc": lambda: F.conv2d(x_nhwc, dense_nhwc, bias, padding=pad),
         "fused": lambda: cuda.grouped_conv2d(x, weight, columns, bias, geometry),
         "two-step": lambda: cuda.grouped_conv2d_torch(x, weight, columns, bias, geometry),
     }
@@ -191,6 +200,8 @@ def main(argv=None) -> int:
     parser.add_argument("--group-sizes", default="32,64")
     parser.add_argument("--layers", default="",
                         help="comma-separated parts of layer names to time (default: all)")  # fmt: skip
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its algorithms per shape (torch.backends.cudnn.benchmark)")  # fmt: skip
     parser.add_argument("--table", action="store_true",
                         help="print the table of an existing --out file (no GPU needed)")  # fmt: skip
     args = parser.parse_args(argv)
@@ -202,6 +213,7 @@ def main(argv=None) -> int:
         print("gpu_kernels: no CUDA GPU here")
         return 2
     torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     timer = Timer(torch.device("cuda"), args.runs, warmup=0)  # warmed up below
     records = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,7 +227,7 @@ def main(argv=None) -> int:
                                    torch.float16)  # fmt: skip
                 calls = _calls(kind, *problem)
                 record = {"layer": name, "G": group_size, "sparsity": sparsity,
-                          "batch": args.batch}  # fmt: skip
+                          "batch": args.batch, "cudnn_benchmark": args.cudnn_benchmark}  # fmt: skip
                 with torch.inference_mode():
                     expected = calls["dense"]().double()
                     for variant, call in calls.items():

@@ -7,7 +7,7 @@
 # KERNELS_S > 0 also runs tools/gpu_kernels.py (per-kernel timings) for that many seconds,
 # before the benchmark (KERNELS_ARGS: its further arguments). Other settings: RUNS (timed calls per measurement), VARIANTS and SPARSITIES (bench_gpu's
 # --variants / --sparsities; empty for all), TESTS (what pytest runs), GROUP_SIZE (bench_gpu's
-# --group-size), PYTEST_N (pytest-xdist workers for the tests, 8 by default; 0 for none), RESULTS (the results folder, bench/results/$CARD by default), PLOTS=0 (no
+# --group-size), BENCH_ARGS (bench_gpu's further arguments, e.g. --cudnn-benchmark), PYTEST_N (pytest-xdist workers for the tests, 8 by default; 0 for none), RESULTS (the results folder, bench/results/$CARD by default), PLOTS=0 (no
 # plots copied to $OUT, which brings back 8 files at most).
 #
 # Needs the wheels the machine lacks in .whl/ (tools/bench_gpu.py's docstring says how to
@@ -65,6 +65,7 @@ if [ "$BENCH_S" -gt 0 ]; then
     timeout "$BENCH_S" python3 tools/bench_gpu.py --out "$RESULTS" --skip-tests \
         --models "$MODELS" --runs "$RUNS" --warmup 3 --verbose --sparsities "$SPARSITIES" \
         ${VARIANTS:+--variants "$VARIANTS"} ${GROUP_SIZE:+--group-size "$GROUP_SIZE"} \
+        ${BENCH_ARGS:-} \
         >"$OUT/bench.log" 2>&1
     echo "bench_gpu rc=$?"
 fi
