@@ -396,6 +396,48 @@ def time_gather_pad(runs: int, seed: int) -> int:
     return 0
 
 
+def time_kernel_choice(runs: int, seed: int) -> int:
+    """The two CPU kernels (native, torch-ops) on ResNet-50's expanding 1x1 convs at 90%, bare
+    (how the compiler times a layer, before its epilogue is fused) and with the bias,
+    shortcut and ReLU the fuse passes give it (how the compiled model runs it), whole calls
+    interleaved in one process: why the torch-ops kernel must win by a margin bare."""
+    from groupsparse.runtime import cpu
+
+    generator = torch.Generator().manual_seed(seed)
+    geometry = (1, 1, 1, 1, 0, 0, 0, 0, 1, 1)
+    print(f"1x1 convs at 90%, G=64, {torch.get_num_threads()} threads; median ms a call")
+    print(f"{'conv':24s} {'bare: native':>12s} {'torch-ops':>10s} {'fused: native':>14s} "
+          f"{'torch-ops':>10s}")  # fmt: skip
+    for channels, size in ((64, 56), (128, 28), (256, 14), (512, 7)):
+        out_channels = 4 * channels
+        columns = balanced_columns(out_channels, channels, 64, 0.9, generator)
+        weight = cpu.k_major(
+            torch.randn(columns.shape[0], 64, columns.shape[1], generator=generator)
+        )
+        bias = torch.randn(out_channels, generator=generator)
+        x = torch.randn(1, channels, size, size, generator=generator)
+        shortcut = torch.randn(1, out_channels, size, size, generator=generator)
+        calls = {}
+        for native in (True, False):
+            calls[("bare", native)] = functools.partial(
+                cpu.grouped_conv2d, x, weight, columns, bias, geometry, False, use_native=native
+            )
+            calls[("fused", native)] = functools.partial(
+                cpu.grouped_conv2d, x, weight, columns, bias, geometry, True,
+                use_native=native, residual=shortcut,
+            )  # fmt: skip
+        torch.testing.assert_close(
+            calls[("fused", True)](), calls[("fused", False)](), rtol=1e-5, atol=1e-5
+        )
+        medians, _ = time_interleaved(calls, runs)
+        print(
+            f"{channels}->{out_channels} {size}x{size}".ljust(24)
+            + f" {medians[('bare', True)]:12.3f} {medians[('bare', False)]:10.3f}"
+            f" {medians[('fused', True)]:14.3f} {medians[('fused', False)]:10.3f}"
+        )
+    return 0
+
+
 def time_pad(runs: int, batch: int) -> int:
     """The zero padding in front of the native conv kernel: torch ops (what ran before) and
     native.pad2d, interleaved, on the activations of the layers above."""
@@ -513,6 +555,12 @@ def main(argv: list[str] | None = None) -> int:
         help="instead: the native conv (3x3, 7x7 to 56x56) padding in its gather, rows or flat, and from a padded copy",
     )
     parser.add_argument(
+        "--kernel-choice",
+        action="store_true",
+        help="instead: native and torch-ops CPU kernels on ResNet-50's 1x1 convs, bare and "
+        "with the fused shortcut and ReLU",
+    )
+    parser.add_argument(
         "--op-overhead",
         action="store_true",
         help="instead: a tiny conv through groupsparse::conv2d, through the same kernel as a "
@@ -533,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         return time_pad(args.runs or 30, args.batch)
     if args.gather_pad:
         return time_gather_pad(args.runs or 31, args.seed)
+    if args.kernel_choice:
+        return time_kernel_choice(args.runs or 31, args.seed)
     group_sizes = (64,) if args.quick else GROUP_SIZES
     sparsities = (0.75, 0.9) if args.quick else SPARSITIES
     if args.group_sizes:

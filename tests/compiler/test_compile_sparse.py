@@ -212,6 +212,23 @@ def test_timing_keeps_the_faster_cpu_kernel(faster, monkeypatch):
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
+@pytest.mark.skipif(native.library() is None, reason=native.status())
+@pytest.mark.parametrize("torch_ops_ms, chosen", [(0.9, "grouped"), (0.8, "grouped_torch")])
+def test_the_kernel_that_fuses_its_epilogue_is_kept_unless_clearly_slower(
+    torch_ops_ms, chosen, monkeypatch
+):
+    """Timed bare, the torch-ops kernel must beat the native one by FUSED_EPILOGUE_EDGE: the
+    native kernel applies the ReLU and shortcut fused later as it stores."""
+    assert plan_pass.FUSED_EPILOGUE_EDGE == 1.15
+
+    def fake_timing(functions, runs, warmup=3):
+        return {"dense": 10.0, "grouped": 1.0, "grouped_torch": torch_ops_ms}
+
+    monkeypatch.setattr(plan_pass, "time_side_by_side", fake_timing)
+    fast = gs.compile_sparse(_sparse_cnn(), torch.randn(1, 3, 8, 8))
+    assert {row.kernel for row in fast.report if row.decision == "sparse"} == {chosen}
+
+
 def test_state_dict_round_trip():
     model = _sparse_cnn()
     fast = gs.compile_sparse(model, torch.randn(1, 3, 8, 8), decide="always")
