@@ -400,7 +400,8 @@ def time_kernel_choice(runs: int, seed: int) -> int:
     """The two CPU kernels (native, torch-ops) on ResNet-50's expanding 1x1 convs at 90%, bare
     (how the compiler times a layer, before its epilogue is fused) and with the bias,
     shortcut and ReLU the fuse passes give it (how the compiled model runs it), whole calls
-    interleaved in one process: why the torch-ops kernel must win by a margin bare."""
+    interleaved in one process: why the torch-ops kernel must win by a margin bare; then
+    ResNet-50 at 90% compiled with and without that margin."""
     from groupsparse.runtime import cpu
 
     generator = torch.Generator().manual_seed(seed)
@@ -435,7 +436,37 @@ def time_kernel_choice(runs: int, seed: int) -> int:
             + f" {medians[('bare', True)]:12.3f} {medians[('bare', False)]:10.3f}"
             f" {medians[('fused', True)]:14.3f} {medians[('fused', False)]:10.3f}"
         )
+    _time_kernel_choice_end_to_end(runs)
     return 0
+
+
+def _time_kernel_choice_end_to_end(runs: int) -> None:
+    """ResNet-50 (group-wise 90%, G=64, first conv and classifier dense) compiled with and
+    without plan.FUSED_EPILOGUE_EDGE (1.0: the faster kernel bare wins), timed in turns."""
+    import copy
+    import importlib
+
+    import groupsparse as gs
+    from groupsparse.models import build_model
+
+    plan = importlib.import_module("groupsparse.passes.plan")
+    torch.manual_seed(0)
+    model, example = build_model("resnet50", batch=1)
+    gs.prune(model.eval(), pattern="group", sparsity=0.9, group_size=64, exclude="first_last")
+    saved, compiled = plan.FUSED_EPILOGUE_EDGE, {}
+    try:
+        for edge in (1.0, saved):
+            plan.FUSED_EPILOGUE_EDGE = edge
+            compiled[edge] = gs.compile_sparse(copy.deepcopy(model), example)
+    finally:
+        plan.FUSED_EPILOGUE_EDGE = saved
+    calls = {edge: functools.partial(fast, *example) for edge, fast in compiled.items()}
+    with torch.no_grad():
+        medians, _ = time_interleaved(calls, max(5, runs // 3))
+    for edge, fast in compiled.items():
+        on_torch_ops = sum(row.kernel == "grouped_torch" for row in fast.report)
+        print(f"ResNet-50 at 90%, edge {edge:.2f}: {on_torch_ops} layers on torch-ops, "
+              f"{medians[edge]:.1f} ms")  # fmt: skip
 
 
 def time_pad(runs: int, batch: int) -> int:
