@@ -135,7 +135,7 @@ def _load() -> ctypes.CDLL:
     library = ctypes.CDLL(str(_build()))
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.gs_grouped_gemm_f32.argtypes = (
-        [pointer] * 6 + [size] * 14 + [ctypes.c_int] * 2 + [pointer] + [size] * 2
+        [pointer] * 6 + [size] * 14 + [ctypes.c_int] * 2 + [pointer] * 2 + [size] * 2
     )
     library.gs_grouped_gemm_f32.restype = ctypes.c_int
     library.gs_grouped_linear_f32.argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_int]
@@ -211,10 +211,6 @@ def interleave_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return padded.view(groups, blocks, rows, kept).transpose(2, 3).contiguous()
 
 
-def _span(values: torch.Tensor) -> int:
-    return int(values.max()) - int(values.min())
-
-
 class ConvCall:
     """The native conv kernel for one layer and input shape: its constant tensors and sizes
     checked once, then each call passes only the padded input, the output and a residual.
@@ -260,22 +256,29 @@ class ConvCall:
             )
         if tile not in (16, 24):
             raise ValueError(f"the native conv kernel tiles 16 or 24 pixels; got {tile}")
-        if taps is not None and (
-            taps.dtype != torch.int64
-            or not taps.is_contiguous()
-            or taps.numel() != groups * kept * 3
-            or grid[0] not in (tile, in_hw[1])
-            or (taps.numel() and _span(taps[..., 1]) >= 64)
-            or (taps.numel() and _span(taps[..., 2]) >= 64)
-        ):
-            raise TypeError(
-                f"taps must be {groups * kept} contiguous int64 (plane, dy, dx) rows whose dy "
-                f"and dx each span fewer than 64, on a grid one tile ({tile} pixels) or one "
-                f"image row ({in_hw[1]} pixels) wide; got {taps.dtype} {tuple(taps.shape)}, "
-                f"grid {grid}"
+        tap_range = None
+        if taps is not None:
+            malformed = (
+                taps.dtype != torch.int64
+                or not taps.is_contiguous()
+                or taps.numel() != groups * kept * 3
+                or grid[0] not in (tile, in_hw[1])
             )
+            # (min dy, max dy, min dx, max dx), found once for the kernel's mask tables
+            tap_range = taps.new_zeros(4)
+            if not malformed and taps.numel():
+                shifts = taps.view(-1, 3)[:, 1:]
+                tap_range = torch.stack([shifts.min(0).values, shifts.max(0).values], 1).reshape(-1)
+            low_y, high_y, low_x, high_x = (int(v) for v in tap_range)
+            if malformed or max(high_y - low_y, high_x - low_x) >= 64:
+                raise TypeError(
+                    f"taps must be {groups * kept} contiguous int64 (plane, dy, dx) rows whose dy "
+                    f"and dx each span fewer than 64, on a grid one tile ({tile} pixels) or one "
+                    f"image row ({in_hw[1]} pixels) wide; got {taps.dtype} {tuple(taps.shape)}, "
+                    f"grid {grid}"
+                )
         weight = interleave_rows(weight, 6 if tile == 16 else 4)
-        self.tensors = (offsets, weight, bias, taps)
+        self.tensors = (offsets, weight, bias, taps, tap_range)
         self.unpadded = taps is not None
         self.input_numel, self.output_numel = batch * image, batch * out_image
         self._function = loaded.gs_grouped_gemm_f32
@@ -283,7 +286,8 @@ class ConvCall:
         grid_w, src_row, src_col = grid
         self._tail = (
             batch, image, out_image, groups, group_rows, kept, pixels, grid_w, src_row, src_col,
-            valid_w, dst_row, out_channel, chunk, tile, int(relu), _address(taps), *in_hw,
+            valid_w, dst_row, out_channel, chunk, tile, int(relu), _address(taps),
+            _address(tap_range), *in_hw,
         )  # fmt: skip
 
     def __call__(

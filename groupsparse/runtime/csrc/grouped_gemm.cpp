@@ -104,16 +104,17 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
         const float* residual, float* out, int64_t batch, int64_t in_image, int64_t out_image,
         int64_t groups, int64_t group_rows, int64_t kept, int64_t pixels, int64_t grid_w,
         int64_t src_row, int64_t src_col, int64_t valid_w, int64_t dst_row, int64_t out_channel,
-        int64_t chunk_pixels, int relu, const int64_t* taps, int64_t in_h, int64_t in_w);
+        int64_t chunk_pixels, int relu, const int64_t* taps, const int64_t* tap_range,
+        int64_t in_h, int64_t in_w);
 
 }  // namespace
 
 extern "C" {
 
-int gs_native_version() { return 8; }
+int gs_native_version() { return 9; }
 
-// Returns 0, or 1 when scratch memory could not be allocated, or 2 when taps' row or column
-// shifts span 64 or more (the output is then undefined).
+// Returns 0, or 1 when scratch memory could not be allocated, or 2 when tap_range spans 64
+// or more (the output is then undefined).
 //
 // input:   batch images of in_image floats each (the zero-padded NCHW input, flattened)
 // offsets: (groups, kept) start of each kept column in one padded image
@@ -128,6 +129,7 @@ int gs_native_version() { return 8; }
 // + (p % grid_w) when p % grid_w < valid_w (the wide grid's junk columns are not stored).
 // Output row r, stored pixel d: out[r * out_channel + d] (NCHW).
 //
+// tap_range (with taps): {min dy, max dy, min dx, max dx} over the taps, each span below 64.
 // taps (null, or (groups, kept, 3)): the input is the unpadded image (in_h x in_w planes) and
 // the padding is done in the gather: kept column k of group g is tap {plane start, dy, dx},
 // and grid pixel (oy, ox) reads input[plane + (oy + dy) * in_w + ox + dx], zero outside the
@@ -141,11 +143,11 @@ int gs_grouped_gemm_f32(const float* input, const int64_t* offsets, const float*
                   int64_t pixels, int64_t grid_w, int64_t src_row, int64_t src_col,
                   int64_t valid_w, int64_t dst_row, int64_t out_channel,
                   int64_t chunk_pixels, int tile_pixels, int relu, const int64_t* taps,
-                  int64_t in_h, int64_t in_w) {
+                  const int64_t* tap_range, int64_t in_h, int64_t in_w) {
   auto body = tile_pixels == 16 ? run<6, 16> : run<4, 24>;
   return body(input, offsets, weight, bias, residual, out, batch, in_image, out_image, groups,
               group_rows, kept, pixels, grid_w, src_row, src_col, valid_w, dst_row, out_channel,
-              chunk_pixels, relu, taps, in_h, in_w);
+              chunk_pixels, relu, taps, tap_range, in_h, in_w);
 }
 
 }  // extern "C"
@@ -157,7 +159,8 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
         const float* residual, float* out, int64_t batch, int64_t in_image, int64_t out_image,
         int64_t groups, int64_t group_rows, int64_t kept, int64_t pixels, int64_t grid_w,
         int64_t src_row, int64_t src_col, int64_t valid_w, int64_t dst_row, int64_t out_channel,
-        int64_t chunk_pixels, int relu, const int64_t* taps, int64_t in_h, int64_t in_w) {
+        int64_t chunk_pixels, int relu, const int64_t* taps, const int64_t* tap_range,
+        int64_t in_h, int64_t in_w) {
   // chunks of about chunk_pixels; where a count at most halving them divides the image's
   // tiles evenly, that count, so that every work item is the same size (a 14x14 image's 10
   // tiles in chunks of 4, 4 and 2 left one of two threads a third more work than the other)
@@ -174,14 +177,9 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
   const int64_t chunks = (pixels + CHUNK - 1) / CHUNK;
   const int64_t blocks = (group_rows + MR - 1) / MR;
   const bool prefetch = taps == nullptr && in_image * int64_t{sizeof(float)} > (int64_t{1} << 20);
-  int64_t dy_min = 0, dy_max = 0, dx_min = 0, dx_max = 0;
-  for (int64_t i = 0; taps != nullptr && i < groups * kept; ++i) {
-    const int64_t dy = taps[3 * i + 1], dx = taps[3 * i + 2];
-    if (i == 0 || dy < dy_min) dy_min = dy;
-    if (i == 0 || dy > dy_max) dy_max = dy;
-    if (i == 0 || dx < dx_min) dx_min = dx;
-    if (i == 0 || dx > dx_max) dx_max = dx;
-  }
+  // the taps' shift ranges, found once by the caller
+  const int64_t dy_min = taps ? tap_range[0] : 0, dy_max = taps ? tap_range[1] : 0;
+  const int64_t dx_min = taps ? tap_range[2] : 0, dx_max = taps ? tap_range[3] : 0;
   if (dy_max - dy_min >= 64 || dx_max - dx_min >= 64) return 2;
   int failed = 0;
   at::parallel_for(0, batch * chunks * groups, 1, [&](int64_t begin, int64_t end) {
