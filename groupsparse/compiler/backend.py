@@ -48,8 +48,8 @@ def groupsparse_backend(
         raise ValueError(
             f"unknown groupsparse backend options {sorted(unknown)}; allowed: {BACKEND_OPTIONS}"
         )
-    cudagraphs = bool(options.get("cudagraphs", False))
-    if cudagraphs and not options.get("inductor", True):
+    inductor, cudagraphs = options.get("inductor", True), bool(options.get("cudagraphs", False))
+    if cudagraphs and not inductor:
         raise ValueError(
             "groupsparse backend: cudagraphs=True needs inductor=True (Inductor's CUDA graphs "
             "keep the parameters Dynamo passes as inputs in place; use "
@@ -65,7 +65,7 @@ def groupsparse_backend(
         decide=options.get("decide", "time" if all_real else "cost"),
         kernel=options.get("kernel", "grouped"),
         min_speedup=options.get("min_speedup", 1.05),
-        native_pooling=not options.get("inductor", True),  # Inductor generates its own pools
+        native_pooling=not inductor,  # Inductor generates its own pools
         cuda_graph=cudagraphs,
     )
     context = CompileContext(
@@ -86,7 +86,7 @@ def groupsparse_backend(
 
         plans = [node.meta[META_PLAN] for node in gm.graph.nodes if META_PLAN in node.meta]
         options["report"].append(Report([ReportRow.from_plan(p) for p in plans], capture="dynamo"))
-    if options.get("inductor", True):
+    if inductor:
         from torch._dynamo.source import ConstantSource
         from torch._inductor.compile_fx import compile_fx
 
