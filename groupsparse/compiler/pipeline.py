@@ -18,6 +18,7 @@ from ..passes import (
     fuse_residual,
     plan,
     propagate_inputs,
+    restride_conv_inputs,
     rewrite_conv,
     rewrite_linear,
     rewrite_pool,
@@ -37,6 +38,7 @@ PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...
     ("fold_permutation", fold_permutation),  # permuted rows stay permuted for the next layer
     ("fuse_residual", fuse_residual),  # a shortcut add (+ ReLU) runs in the conv's epilogue
     ("rewrite_pool", rewrite_pool),  # max-pools on the native NCHW kernel (torch's is slow)
+    ("restride_conv_inputs", restride_conv_inputs),  # torch misreads 1-channel NHWC strides
     ("cleanup", cleanup),  # the replaced weights and modules are dropped
 )
 

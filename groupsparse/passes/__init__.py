@@ -12,6 +12,7 @@ from .fuse_relu import fuse_relu
 from .fuse_residual import fuse_residual
 from .plan import LayerPlan, plan
 from .propagate_inputs import propagate_inputs
+from .restride_conv_inputs import restride_conv_inputs
 from .rewrite_conv import rewrite_conv
 from .rewrite_linear import rewrite_linear
 from .rewrite_pool import rewrite_pool
@@ -32,6 +33,7 @@ __all__ = [
     "fuse_residual",
     "plan",
     "propagate_inputs",
+    "restride_conv_inputs",
     "rewrite_conv",
     "rewrite_linear",
     "rewrite_pool",

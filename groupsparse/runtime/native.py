@@ -9,6 +9,8 @@ multiplies it there with an AVX2/FMA microkernel, on torch's own thread pool.
 
 - Built once per source, torch version and compiler into ``$GROUPSPARSE_CACHE`` (default
   ``~/.cache/groupsparse``), a few seconds; later imports load the cached library.
+- ``GROUPSPARSE_SANITIZE=1`` builds it with AddressSanitizer and UBSan (``tools/sanitize.sh``
+  runs a command so).
 - ``GROUPSPARSE_NATIVE=0`` turns it off. Without an x86-64 CPU with AVX2 and FMA, without a
   compiler, or when the build fails, ``library()`` returns None, a warning says why (once),
   and the CPU runtime keeps to torch ops: slower, same numbers.
@@ -51,6 +53,15 @@ SOURCES = tuple(
     for name in ("grouped_gemm.cpp", "grouped_linear.cpp", "max_pool.cpp", "pad.cpp")
 )
 _FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+# GROUPSPARSE_SANITIZE=1: built with AddressSanitizer and UndefinedBehaviorSanitizer, every
+# finding fatal. Python itself is not instrumented, so the sanitizers' runtimes must be
+# loaded first: tools/sanitize.sh sets LD_PRELOAD (and ASAN_OPTIONS) and runs a command so.
+_SANITIZE_FLAGS = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+    "-g",
+]
 
 _TURNED_OFF = "turned off by GROUPSPARSE_NATIVE=0"
 _lock = threading.Lock()
@@ -87,6 +98,14 @@ def _unsupported() -> str | None:
     return None
 
 
+def _sanitized() -> bool:
+    return os.environ.get("GROUPSPARSE_SANITIZE", "0") == "1"
+
+
+def _flags() -> list[str]:
+    return [*_FLAGS, *_SANITIZE_FLAGS] if _sanitized() else list(_FLAGS)
+
+
 def _command(compiler: str, sources: tuple[Path, ...], target: Path) -> list[str]:
     from torch.utils import cpp_extension
 
@@ -94,7 +113,7 @@ def _command(compiler: str, sources: tuple[Path, ...], target: Path) -> list[str
     libraries = cpp_extension.library_paths()
     return [
         compiler,
-        *_FLAGS,
+        *_flags(),
         f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
         *(f"-I{path}" for path in cpp_extension.include_paths()),
         *(str(source) for source in sources),
@@ -114,8 +133,9 @@ def _build() -> Path:
     key = hashlib.sha256()
     for source in SOURCES:
         key.update(source.read_bytes())
-    key.update(" ".join([compiler, *_FLAGS, torch.__version__]).encode())
-    target = _cache_dir() / f"grouped_gemm-{key.hexdigest()[:16]}.so"
+    key.update(" ".join([compiler, *_flags(), torch.__version__]).encode())
+    variant = "-sanitized" if _sanitized() else ""
+    target = _cache_dir() / f"grouped_gemm{variant}-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +152,14 @@ def _build() -> Path:
 
 
 def _load() -> ctypes.CDLL:
-    library = ctypes.CDLL(str(_build()))
+    path = _build()
+    if _sanitized() and "asan" not in os.environ.get("LD_PRELOAD", ""):
+        raise RuntimeError(
+            "GROUPSPARSE_SANITIZE=1 builds the kernels with AddressSanitizer, whose runtime "
+            "must be loaded before Python: run the command through tools/sanitize.sh (it sets "
+            "LD_PRELOAD to $(c++ -print-file-name=libasan.so) and libubsan.so)"
+        )
+    library = ctypes.CDLL(str(path))
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     library.gs_grouped_gemm_f32.argtypes = (
         [pointer] * 6 + [size] * 14 + [ctypes.c_int] * 2 + [pointer] * 2 + [size] * 2

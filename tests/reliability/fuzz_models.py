@@ -24,10 +24,18 @@ from torch import nn
 from groupsparse.layers import gemm_view, prunable_layers
 from groupsparse.patterns import ElementWise, FilterWise, GroupWise
 
-__all__ = ["build_model", "make_masks", "model_specs", "structure_is_group_wise"]
+__all__ = [
+    "KERNELS",
+    "build_model",
+    "call_sequence",
+    "make_masks",
+    "model_specs",
+    "structure_is_group_wise",
+]
 
 ACTIVATIONS = ("none", "relu", "relu_inplace", "relu_function", "gelu")
 SPARSITIES = (0.5, 0.75, 0.3, 0.9, 0.97, 0.1)  # hypothesis shrinks towards the first
+KERNELS = ("grouped", "grouped_torch", "loop")
 
 
 # -- drawing specs ----------------------------------------------------------------------------
@@ -216,9 +224,16 @@ def model_specs(draw) -> dict[str, Any]:
     spec["masks_argument"] = draw(
         st.booleans()
     )  # masks= to compile_sparse, or zeros in the weights
-    spec["kernel"] = draw(st.sampled_from(["grouped", "grouped", "grouped", "loop"]))
-    spec["example_batch"] = draw(st.integers(1, 3))
-    spec["batches"] = draw(st.lists(st.integers(0, 5), min_size=1, max_size=3))
+    # every kernel is compiled and checked; this one first (several compiles of one model in
+    # one process, in every order)
+    spec["kernel"] = draw(st.sampled_from(KERNELS))
+    example = spec["example_batch"] = draw(st.integers(1, 3))
+    # after the example: a larger batch, a smaller one (0 included), maybe one more, in any
+    # order; then the example's batch again (call_sequence)
+    batches = [draw(st.integers(example + 1, example + 3)), draw(st.integers(0, example - 1))]
+    batches += draw(st.lists(st.integers(0, 5), max_size=1))
+    spec["batches"] = draw(st.permutations(batches))
+    # images: the memory format of the first call; the calls after it alternate
     spec["channels_last"] = spec["family"] == "image" and draw(st.booleans())
     # torch.export is slower than symbolic tracing (seconds): one spec in about sixteen
     spec["capture"] = "export" if draw(st.integers(0, 15)) == 7 else "symbolic_trace"
@@ -369,6 +384,20 @@ class FuzzModel(nn.Module):
         elif self.head == "pool":
             x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         return self.linears(x)
+
+
+def call_sequence(spec: dict[str, Any]) -> list[tuple[int, tuple[bool, ...]]]:
+    """What the compiled module is called on: (batch, memory formats) per fresh input, in
+    order. The batches are the example's, the spec's others, one (an image of batch 1: its
+    strides fit NCHW and NHWC alike), and the example's again. An image is passed in both
+    memory formats one call after the other, the spec's first (channels_last: True); a
+    vector has none (False)."""
+    batches = [spec["example_batch"], *spec["batches"], spec["example_batch"]]
+    if spec["family"] != "image":
+        return [(batch, (False,)) for batch in batches]
+    batches.insert(len(batches) - 1, 1)
+    first = bool(spec["channels_last"])
+    return [(batch, (first, not first)) for batch in batches]
 
 
 def build_model(spec: dict[str, Any]) -> nn.Module:

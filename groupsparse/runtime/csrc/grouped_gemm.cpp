@@ -85,13 +85,17 @@ inline void microkernel(int64_t kc, const float* __restrict w, int64_t rows,
   }
 }
 
+// aligned_alloc takes only sizes that are a multiple of the alignment (C11 7.22.3.1)
+float* aligned_floats(int64_t count) {
+  const size_t bytes = (sizeof(float) * static_cast<size_t>(std::max<int64_t>(count, 1)) + 63) / 64 * 64;
+  return static_cast<float*>(std::aligned_alloc(64, bytes));
+}
+
 struct Buffers {  // one thread's scratch: the panel and the accumulators of one tile
   float* panel;
   float* acc;
-  Buffers(int64_t kept, int64_t rows, int64_t nr) {
-    panel = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * std::max<int64_t>(kept, 1) * nr));
-    acc = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * rows * nr));
-  }
+  Buffers(int64_t kept, int64_t rows, int64_t nr)
+      : panel(aligned_floats(kept * nr)), acc(aligned_floats(rows * nr)) {}
   ~Buffers() {
     std::free(panel);
     std::free(acc);
@@ -111,7 +115,7 @@ int run(const float* input, const int64_t* offsets, const float* weight, const f
 
 extern "C" {
 
-int gs_native_version() { return 9; }
+int gs_native_version() { return 10; }
 
 // Returns 0, or 1 when scratch memory could not be allocated, or 2 when tap_range spans 64
 // or more (the output is then undefined).
