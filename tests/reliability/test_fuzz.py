@@ -1,5 +1,6 @@
 """Fuzzed equivalence: random models, randomly pruned, compiled with ``decide="always"``,
-compute what the masked model computes (float32, max relative error under 1e-4).
+compute what the masked model computes (float32: max relative error under 1e-4, or under 3x
+float32 eager's own error where the output is small against its intermediate values).
 
 Models (tests/reliability/fuzz_models.py) are built from conv2d (random kernel, stride,
 padding incl. "same"/"valid", dilation, channels, bias), linear (2-D and 3-D inputs),
@@ -86,16 +87,31 @@ class _Float64(torch.nn.Module):
         return self.model(x.double()).to(x.dtype)
 
 
+def _zeroed(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """A copy of the model with its masked weights zero."""
+    masked = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mask in masks.items():
+            masked.get_parameter(name).masked_fill_(~mask, 0)
+    return masked
+
+
 def _masked(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The reference: a masked copy of the model, computed in float64. Not float32 eager:
     torch's float32 CPU convolution (oneDNN) can itself be wrong, as it is on one-channel
     inputs with NHWC strides (docs/decisions/one-channel-conv.md), while its float64 one
     is a plain loop over im2col."""
-    masked = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, mask in masks.items():
-            masked.get_parameter(name).masked_fill_(~mask, 0)
-    return _Float64(masked)
+    return _Float64(_zeroed(model, masks))
+
+
+def _tolerance(zeroed: torch.nn.Module, x: torch.Tensor, want: torch.Tensor) -> float:
+    """RTOL, or 3x float32 eager's own error against float64 where the model's output is so
+    much smaller than its intermediate values (cancellation) that float32 cannot do better.
+    Eager runs without oneDNN here, for the reason in ``_masked``."""
+    if not want.numel():
+        return RTOL
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        return max(RTOL, 3 * max_relative_error(zeroed(x), want))
 
 
 def _input(
@@ -116,25 +132,26 @@ def _kernel_order(spec: dict) -> list[str]:
 
 def check_equivalence(spec: dict) -> None:
     """Compile the spec's pruned model once per kernel, in one process, and compare each with
-    the masked model on the spec's call sequence: every output within RTOL, and each call
+    the masked model on the spec's call sequence: every output within tolerance, and each call
     repeated gives bitwise the same output (state left by an earlier call, or memory read
     before it is written, shows up there)."""
     model = build_model(spec)
     masks = make_masks(model, spec)
-    reference = _masked(model, masks)
+    zeroed = _zeroed(model, masks)
+    reference = _Float64(copy.deepcopy(zeroed))
     if not spec["masks_argument"]:
-        model = copy.deepcopy(model)
-        with torch.no_grad():  # the zeros in the weights are the masks
-            for name, mask in masks.items():
-                model.get_parameter(name).masked_fill_(~mask, 0)
+        model = zeroed  # the zeros in the weights are the masks
     generator = torch.Generator().manual_seed(spec["seed"])
     example = _input(spec, spec["example_batch"], generator)
     fresh = [example] + [_input(spec, batch, generator) for batch, _ in call_sequence(spec)[1:]]
-    calls = [  # (input, its expected output), in call order
-        (x.to(memory_format=torch.channels_last if last else torch.contiguous_format), want)
-        for x, want, (_, formats) in zip(fresh, _outputs(reference, fresh), call_sequence(spec))
+    with torch.no_grad():
+        wanted = [reference(x) for x in fresh]
+    calls = [  # (input, its expected output, tolerance), in call order
+        (x.to(memory_format=torch.channels_last if last else torch.contiguous_format), want,
+         _tolerance(zeroed, x, want))
+        for x, want, (_, formats) in zip(fresh, wanted, call_sequence(spec))
         for last in formats
-    ]
+    ]  # fmt: skip
     for kernel in _kernel_order(spec):
         fast = gs.compile_sparse(
             model,
@@ -149,7 +166,7 @@ def check_equivalence(spec: dict) -> None:
             wanted = "sparse" if structure_is_group_wise(masks[f"{row.name}.weight"]) else "dense"
             assert row.decision == wanted, (kernel, row.name, row.pattern, row.reason)
         with torch.no_grad():
-            for index, (x, want) in enumerate(calls):
+            for index, (x, want, tolerance) in enumerate(calls):
                 try:
                     actual = fast(x)
                 except ValueError as error:
@@ -163,19 +180,19 @@ def check_equivalence(spec: dict) -> None:
                 assert actual.shape == want.shape, where
                 if want.numel():
                     error = max_relative_error(actual, want)
-                    assert error < RTOL, f"{where}: relative error {error:.2e}\n{fast.report}"
+                    assert error < tolerance, (
+                        f"{where}: relative error {error:.2e} (tolerance {tolerance:.2e})\n"
+                        f"{fast.report}"
+                    )
                 assert torch.equal(fast(x), actual), f"{where}: a second call differs"
 
 
-def _outputs(reference: torch.nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    with torch.no_grad():
-        return [reference(x) for x in inputs]
-
-
 def _describe(x: torch.Tensor) -> str:
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-        return f"{tuple(x.shape)} channels_last"
-    return str(tuple(x.shape))
+    """The input's shape and memory format ("either" where its strides fit both)."""
+    if x.dim() != 4:
+        return str(tuple(x.shape))
+    nchw, nhwc = x.is_contiguous(), x.is_contiguous(memory_format=torch.channels_last)
+    return f"{tuple(x.shape)} {'either format' if nchw and nhwc else 'NHWC' if nhwc else 'NCHW'}"
 
 
 @settings(settings.get_profile("ci"))
