@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .runtime.kernels import names as kernel_names
 from .timing import time_side_by_side
 
 __all__ = ["COMPILED_FORMAT", "MASKS_FORMAT", "load_model", "main", "time_side_by_side"]
@@ -278,7 +279,12 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
         choices=("time", "cost", "always"),
         help="how a layer is chosen for the rewrite (default: time)",
     )
-    group.add_argument("--kernel", default="grouped", choices=("grouped", "loop"))
+    group.add_argument(
+        "--kernel",
+        default="grouped",
+        choices=kernel_names(),
+        help="a kernel of the registry (default: grouped, timed against the device's other)",
+    )
     group.add_argument("--min-speedup", type=float, default=1.05)
 
 

@@ -100,14 +100,21 @@ def _check_backend(backend: str, model: nn.Module, example_inputs: tuple[Any, ..
             f"backend='cpu' needs the model and inputs on the CPU; found {sorted(devices)}"
         )
     if backend == "cuda":
-        from ..runtime.ops import _backend
+        from ..runtime import kernels
 
         if devices != {"cuda"}:
             raise ValueError(
                 "backend='cuda' needs the model and example inputs on a CUDA device "
                 f"(model.cuda()); found {sorted(devices) or ['no tensors']}"
             )
-        _backend(torch.device("cuda"))  # raises BackendUnavailable with what to install
+        why = kernels.kernel_of("two_step", "conv2d", "cuda").unavailable(torch.float32)
+        if why is not None:
+            from ..runtime.ops import BackendUnavailable
+
+            raise BackendUnavailable(
+                f"groupsparse's CUDA backend cannot run here ({why}); install it with "
+                "`pip install groupsparse[cuda]`, or run the model on the CPU"
+            )
 
 
 def _check_graphable(backend: str, model: nn.Module, example_inputs: tuple[Any, ...]) -> None:
@@ -207,8 +214,10 @@ def compile_sparse(
         masks: {parameter or layer name: boolean mask}; by default the weights' zeros.
         backend: "auto" (the tensors' device), "cpu" or "cuda".
         decide: "time" (default), "cost" or "always"; see CompileOptions.
-        kernel: "grouped" (default; on the CPU the native kernel or, where timed faster, the
-            torch-ops one), "grouped_torch" or "loop" (the earlier per-group implementation).
+        kernel: a kernel of the registry (``groupsparse.runtime.kernels``): "grouped"
+            (default; the device's fused kernel or, where timed faster, its other one:
+            torch_ops on the CPU, two_step on CUDA), "torch_ops", "two_step" or "loop" (the
+            earlier per-group implementation).
         exclude: layer names (fnmatch patterns) to leave dense.
         cuda_graph: (CUDA only) replay the compiled model from CUDA graphs, one captured per
             input signature (``compiler/cuda_graph.py``), and decide each layer by its

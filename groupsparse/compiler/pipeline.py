@@ -17,11 +17,13 @@ from ..passes import (
     fuse_relu,
     fuse_residual,
     plan,
+    prepare_weights,
     propagate_inputs,
     restride_conv_inputs,
     rewrite_conv,
     rewrite_linear,
     rewrite_pool,
+    select_kernel,
 )
 
 __all__ = ["PIPELINE", "PassError", "run_pipeline"]
@@ -30,7 +32,8 @@ PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...
     ("find_prunable", find_prunable),  # which calls are conv/linear with weights we can read
     ("propagate_inputs", propagate_inputs),  # each layer's real input: shapes, dtype, timing data
     ("analyze", analyze),  # the structure in each mask: group size and kept columns
-    ("plan", plan),  # pack weights once, and decide sparse or dense per layer
+    ("plan", plan),  # pack weights once; the kernels that could run each layer
+    ("select_kernel", select_kernel),  # time them against dense: which kernel, or dense
     ("fold_batchnorm", fold_batchnorm),  # an inference BN after a rewritten conv joins its weights
     ("rewrite_conv", rewrite_conv),  # conv2d -> groupsparse.conv2d
     ("rewrite_linear", rewrite_linear),  # linear -> groupsparse.linear
@@ -39,6 +42,7 @@ PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...
     ("fuse_residual", fuse_residual),  # a shortcut add (+ ReLU) runs in the conv's epilogue
     ("rewrite_pool", rewrite_pool),  # max-pools on the native NCHW kernel (torch's is slow)
     ("restride_conv_inputs", restride_conv_inputs),  # torch misreads 1-channel NHWC strides
+    ("prepare_weights", prepare_weights),  # each kernel's weight layout, once
     ("cleanup", cleanup),  # the replaced weights and modules are dropped
 )
 

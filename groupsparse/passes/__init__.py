@@ -11,11 +11,13 @@ from .fold_permutation import fold_permutation
 from .fuse_relu import fuse_relu
 from .fuse_residual import fuse_residual
 from .plan import LayerPlan, plan
+from .prepare_weights import prepare_weights
 from .propagate_inputs import propagate_inputs
 from .restride_conv_inputs import restride_conv_inputs
 from .rewrite_conv import rewrite_conv
 from .rewrite_linear import rewrite_linear
 from .rewrite_pool import rewrite_pool
+from .select_kernel import select_kernel
 
 __all__ = [
     "CompileContext",
@@ -32,10 +34,12 @@ __all__ = [
     "fuse_relu",
     "fuse_residual",
     "plan",
+    "prepare_weights",
     "propagate_inputs",
     "restride_conv_inputs",
     "rewrite_conv",
     "rewrite_linear",
     "rewrite_pool",
+    "select_kernel",
     "structure_of",
 ]

@@ -51,18 +51,17 @@ class Refusal(str):
         return False
 
 
-KERNELS = ("grouped", "grouped_torch", "loop")
-
-
 @dataclass(frozen=True)
 class CompileOptions:
     """How compile_sparse decides and rewrites.
 
     - ``decide``: "time" (time dense and sparse on the example input; keep the faster),
       "cost" (a FLOP cost model only), "always" (rewrite every group-wise layer).
-    - ``kernel``: "grouped" (one gather + one grouped GEMM: on the CPU the native kernel, or
-      the torch-ops one where timing shows it faster), "grouped_torch" (the torch-ops kernel
-      always) or "loop" (the earlier per-group implementation; for benchmarks).
+    - ``kernel``: a name from the kernel registry (``runtime/kernels.py``): "grouped" (the
+      device's fused gather + GEMM, timed against its other kernel, torch_ops on the CPU and
+      two_step on CUDA, the faster kept), "torch_ops", "two_step" or "loop" (the earlier
+      per-group implementation; for benchmarks) always. "grouped_torch" is a deprecated name
+      of torch_ops / two_step.
     - ``min_speedup``: a layer is rewritten only when dense/sparse time reaches it.
     - ``fuse_relu``: fold a following ReLU into the layer's kernel.
     - ``native_pooling``: run max-pools on groupsparse's NCHW kernel (on the CPU; torch's own
@@ -84,9 +83,11 @@ class CompileOptions:
     def __post_init__(self) -> None:
         if self.decide not in ("time", "cost", "always"):
             raise ValueError(f"decide must be 'time', 'cost' or 'always'; got {self.decide!r}")
-        if self.kernel not in KERNELS:
+        from ..runtime.kernels import DEPRECATED, names
+
+        if self.kernel not in names() and self.kernel not in DEPRECATED:
             raise ValueError(
-                f"kernel must be one of {', '.join(map(repr, KERNELS))}; got {self.kernel!r}"
+                f"kernel must be one of {', '.join(map(repr, names()))}; got {self.kernel!r}"
             )
         if not self.min_speedup > 0:
             raise ValueError(f"min_speedup must be positive; got {self.min_speedup!r}")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from ..runtime.ops import ARGUMENT_POSITIONS, overloads
+from ..runtime.kernels import argument_index, op_kinds
 from .common import META_PLAN, CompileContext
 
 __all__ = ["fold_permutation"]
@@ -45,8 +45,7 @@ _WEIGHT, _COLUMNS = 1, 2
 def _ops() -> dict:
     """Every groupsparse op (all kernels) -> (position of row_index, is conv)."""
     return {
-        op: (ARGUMENT_POSITIONS[kind]["row_index"], kind == "conv2d")
-        for op, kind in overloads().items()
+        op: (argument_index(op, "row_index"), kind == "conv2d") for op, kind in op_kinds().items()
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from ..runtime.ops import ARGUMENT_POSITIONS, overloads
+from ..runtime.kernels import argument_index, op_kinds
 from .common import CompileContext, is_relu
 
 __all__ = ["fuse_relu"]
@@ -12,7 +12,7 @@ __all__ = ["fuse_relu"]
 
 def _relu_position() -> dict:
     """Every groupsparse op (all kernels) -> where its ``relu`` flag is."""
-    return {op: ARGUMENT_POSITIONS[kind]["relu"] for op, kind in overloads().items()}
+    return {op: argument_index(op, "relu") for op in op_kinds()}
 
 
 def fuse_relu(gm: fx.GraphModule, context: CompileContext) -> int:

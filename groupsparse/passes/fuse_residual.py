@@ -2,7 +2,7 @@
 conv's epilogue, as in every ResNet block: ``relu(bn3(conv3(x)) + identity)``.
 
 The add is the conv's only user; the other operand is computed earlier in the graph (so the
-conv can read it when it runs). The op adds it before its ReLU, in the native kernel's
+conv can read it when it runs). The op adds it before its ReLU, in the kernel's store
 epilogue where shapes and dtypes match, else as torch's add would: the result is the graph's.
 """
 
@@ -13,7 +13,7 @@ import operator
 import torch
 from torch import fx
 
-from ..runtime.ops import ARGUMENT_POSITIONS, overloads
+from ..runtime.kernels import argument_index, op_kinds
 from .common import CompileContext, is_relu
 
 __all__ = ["fuse_residual"]
@@ -24,13 +24,11 @@ _ADDS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor}
 def _conv_taking_residual(node: fx.Node, other, order: dict[fx.Node, int]) -> bool:
     """``node`` is a conv op whose only user is the add, with no ReLU or residual yet, and
     ``other`` is a tensor node that exists before it."""
-    if overloads().get(node.target) != "conv2d" or len(node.users) != 1:
+    if op_kinds().get(node.target) != "conv2d" or len(node.users) != 1:
         return False
-    positions = ARGUMENT_POSITIONS["conv2d"]
+    relu, residual = argument_index(node.target, "relu"), argument_index(node.target, "residual")
     args = node.args
-    if args[positions["relu"]] or (
-        len(args) > positions["residual"] and args[positions["residual"]] is not None
-    ):
+    if args[relu] or (len(args) > residual and args[residual] is not None):
         return False
     return isinstance(other, fx.Node) and order.get(other, len(order)) < order[node]
 
@@ -41,7 +39,6 @@ def fuse_residual(gm: fx.GraphModule, context: CompileContext) -> int:
     that is the add's only user, run in the conv. Returns the count."""
     if not context.options.fuse_relu:
         return 0
-    positions = ARGUMENT_POSITIONS["conv2d"]
     fused = 0
     order = {node: index for index, node in enumerate(gm.graph.nodes)}
     for add in list(gm.graph.nodes):
@@ -53,13 +50,14 @@ def fuse_residual(gm: fx.GraphModule, context: CompileContext) -> int:
                 break
         else:
             continue
-        args = list(conv.args) + [None] * (positions["residual"] + 1 - len(conv.args))
-        args[positions["residual"]] = other
+        residual = argument_index(conv.target, "residual")
+        args = list(conv.args) + [None] * (residual + 1 - len(conv.args))
+        args[residual] = other
         result = add
         if len(add.users) == 1 and is_relu(gm, next(iter(add.users))):
             relu = next(iter(add.users))
             if relu.args[0] is add:
-                args[positions["relu"]] = True
+                args[argument_index(conv.target, "relu")] = True
                 result = relu
         conv.args = tuple(args)
         result.replace_all_uses_with(conv)

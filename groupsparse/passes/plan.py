@@ -1,16 +1,17 @@
-"""plan: a frozen LayerPlan per layer - packed weights, kept columns, kernel - and the decision
-to rewrite it or leave it dense."""
+"""plan: a frozen LayerPlan per layer - packed weights, kept columns, the kernels that could run
+it - or the reason it stays dense. Which kernel runs it, and whether it beats dense, is
+decided next (select_kernel)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import fx
 
-from ..runtime import cpu, ops  # ops also registers torch.ops.groupsparse
-from ..timing import time_graphs_side_by_side, time_side_by_side
+from ..runtime import kernels, ops  # noqa: F401  (ops registers torch.ops.groupsparse)
 from .analyze import LayerStructure
 from .common import (
     META_INPUT,
@@ -22,7 +23,15 @@ from .common import (
     Refusal,
 )
 
-__all__ = ["LayerPlan", "conv_geometry", "pack", "plan", "should_rewrite"]
+__all__ = [
+    "LayerPlan",
+    "conv_geometry",
+    "dense_call",
+    "pack",
+    "plan",
+    "should_rewrite",
+    "sparse_call",
+]
 
 
 @dataclass(frozen=True)
@@ -39,9 +48,10 @@ class LayerPlan:
     kept_fraction: float
     pattern: str
     decision: str  # "sparse" or "dense"
-    kernel: str  # "grouped", "grouped_torch", "loop" or "dense"
+    kernel: str  # a registry kernel name (runtime/kernels.py) or "dense"
     reason: str
-    weight: torch.Tensor | None = field(default=None, repr=False)  # (groups, G, k)
+    # (groups, G, k) as packed; once a kernel is chosen (select_kernel), as it reads them
+    weight: torch.Tensor | None = field(default=None, repr=False)
     column_index: torch.Tensor | None = field(default=None, repr=False)  # (groups, k)
     row_index: torch.Tensor | None = field(
         default=None, repr=False
@@ -55,6 +65,17 @@ class LayerPlan:
     flops_sparse: int = 0
     dense_ms: float | None = None
     sparse_ms: float | None = None
+    candidates: tuple[str, ...] = ()  # the kernels select_kernel may choose, preferred first
+
+    def replaced(self, **changes) -> LayerPlan:
+        return dataclasses.replace(self, **changes)
+
+    def made_dense(self, reason: str) -> LayerPlan:
+        """This plan kept dense: the decision, the reason, and no tensors held."""
+        return self.replaced(
+            decision="dense", kernel="dense", reason=reason, weight=None, column_index=None,
+            row_index=None, bias=None,
+        )  # fmt: skip
 
     @property
     def input_width(self) -> int:
@@ -118,8 +139,7 @@ def pack(
     """(groups, G, k) packed weights, (groups, k) kept columns, and where each output row sits
     in the kernel's output (None when that is row for row). Groups with fewer columns are
     padded with zero weights (and a repeated valid column), smaller groups with zero rows.
-    A linear layer's weights on the CPU are stored k-major (``cpu.k_major``), as its torch-ops
-    kernel reads them (the native kernel packs a copy of its own on first use)."""
+    Each kernel then lays the weights out as it reads them (``Kernel.prepare``)."""
     rows, columns = layer.gemm_shape
     matrix = layer.weight.reshape(rows, columns)
     size = structure.group_size
@@ -139,8 +159,6 @@ def pack(
             index[group, count:] = group_columns[0]
         position[group_rows] = group * size + torch.arange(group_rows.numel())
     row_index = None if torch.equal(position, torch.arange(rows)) else position.to(matrix.device)
-    if layer.kind == "linear" and weight.device.type == "cpu":
-        weight = cpu.k_major(weight)
     return weight, index.contiguous(), row_index
 
 
@@ -149,7 +167,8 @@ def _kernel_rows(row_index: torch.Tensor | None, rows: int, device: torch.device
     return torch.arange(rows, device=device) if row_index is None else row_index
 
 
-def _dense_call(layer: PrunableLayer, x: torch.Tensor):
+def dense_call(layer: PrunableLayer, x: torch.Tensor):
+    """A zero-argument callable running the layer as torch would, on ``x``."""
     weight = layer.weight.to(x.dtype)
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     if layer.kind == "linear":
@@ -157,39 +176,20 @@ def _dense_call(layer: PrunableLayer, x: torch.Tensor):
     return lambda: F.conv2d(x, weight, bias, layer.stride, layer.padding, layer.dilation)
 
 
-def kernel_op(kind: str, kernel: str):
-    """The custom operator that runs a ``kind`` layer ("conv2d" or "linear") with ``kernel``
-    ("grouped", "grouped_torch" or "loop"): the one map from plans to operators."""
-    suffix = {"grouped": "", "grouped_torch": "_torch", "loop": "_loop"}[kernel]
-    return getattr(torch.ops.groupsparse, kind + suffix).default
-
-
-def sparse_call(plan_: LayerPlan, x: torch.Tensor, kernel: str):
-    """A zero-argument callable running the plan's kernel on ``x``."""
-    op = kernel_op(plan_.kind, kernel)
+def sparse_call(plan_: LayerPlan, x: torch.Tensor):
+    """A zero-argument callable running the plan's kernel (its op, its prepared weights) on
+    ``x``."""
+    op = kernels.kernel_of(plan_.kernel, plan_.kind, x.device.type).op
     if plan_.kind == "linear":
         return lambda: op(
-            x,
-            plan_.weight,
-            plan_.column_index,
-            plan_.bias,
-            False,
-            plan_.rows,
-            plan_.input_width,
-            plan_.row_index,
-        )
+            x, plan_.weight, plan_.column_index, plan_.bias, False, plan_.rows,
+            plan_.input_width, plan_.row_index,
+        )  # fmt: skip
     geometry = list(plan_.geometry)
     return lambda: op(
-        x,
-        plan_.weight,
-        plan_.column_index,
-        plan_.bias,
-        geometry,
-        False,
-        plan_.rows,
-        plan_.input_width,
-        plan_.row_index,
-    )
+        x, plan_.weight, plan_.column_index, plan_.bias, geometry, False, plan_.rows,
+        plan_.input_width, plan_.row_index,
+    )  # fmt: skip
 
 
 def _flops(
@@ -214,7 +214,6 @@ def _flops(
 def _plan_layer(
     layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor | None, context: CompileContext
 ) -> LayerPlan:
-    options = context.options
     rows, columns = layer.gemm_shape
     kept_total = sum(
         r.numel() * c.numel() for r, c in zip(structure.group_rows, structure.group_columns)
@@ -232,87 +231,28 @@ def _plan_layer(
     verdict = should_rewrite(layer, structure, x)
     if not verdict:
         return LayerPlan(**base, decision="dense", kernel="dense", reason=str(verdict))
+    found, why = kernels.candidates(context.options.kernel, layer.kind, x.device.type, x.dtype)
+    if not found:
+        return LayerPlan(
+            **base, decision="dense", kernel="dense", reason=f"no kernel runs it here ({why})"
+        )
     weight, column_index, row_index = pack(layer, structure, x.dtype)
     bias = None
     if layer.bias is not None:  # placed like the rows, so the kernel adds it row for row
         bias = torch.zeros(weight.shape[0] * weight.shape[1], dtype=x.dtype, device=weight.device)
         bias[_kernel_rows(row_index, rows, weight.device)] = layer.bias.to(x.dtype)
-    geometry = conv_geometry(layer) if layer.kind == "conv2d" else ()
-    candidate = LayerPlan(
-        **base, decision="sparse", kernel=options.kernel, reason="", weight=weight,
-        column_index=column_index, row_index=row_index, bias=bias, geometry=geometry,
+    return LayerPlan(
+        **base, decision="sparse", kernel=found[0].name, reason="", weight=weight,
+        column_index=column_index, row_index=row_index, bias=bias,
+        geometry=conv_geometry(layer) if layer.kind == "conv2d" else (),
+        candidates=tuple(kernel.name for kernel in found),
     )  # fmt: skip
-    padded_fraction = (
-        structure.groups * structure.group_size * candidate.kept_columns / (rows * columns)
-    )
-    if options.decide == "always":
-        return _with(candidate, reason="rewritten: decide='always'")
-    if options.decide == "cost":
-        if padded_fraction > options.max_kept_fraction:
-            return _dense(
-                candidate,
-                f"cost model: keeps {padded_fraction:.0%} of the GEMM (> {options.max_kept_fraction:.0%})",
-            )
-        return _with(candidate, reason=f"cost model: keeps {padded_fraction:.0%} of the GEMM")
-    x = x.to(weight.device)
-    kernels = [options.kernel]
-    if options.kernel == "grouped" and ops.two_grouped_kernels(x, weight):
-        kernels.append("grouped_torch")  # two grouped kernels here: keep the faster
-    calls = {"dense": _dense_call(layer, x)}
-    calls.update((kernel, sparse_call(candidate, x, kernel)) for kernel in kernels)
-    timing = time_side_by_side
-    if options.cuda_graph and x.device.type == "cuda":
-        timing = time_graphs_side_by_side
-    with torch.no_grad():
-        # in turns, so that a machine that speeds up or slows down moves all alike
-        times = timing(calls, options.timing_runs, warmup=2)
-    kernel = kernels[0]
-    if len(kernels) > 1 and times[kernels[1]] * FUSED_EPILOGUE_EDGE < times[kernel]:
-        kernel = kernels[1]
-    dense_ms, sparse_ms = times["dense"], times[kernel]
-    timed = _with(candidate, kernel=kernel, dense_ms=dense_ms, sparse_ms=sparse_ms)
-    speedup = dense_ms / sparse_ms
-    if speedup < options.min_speedup:
-        return _dense(
-            timed,
-            f"would be slower: {speedup:.2g}x of dense on the example input (needs {options.min_speedup:.2f}x)",
-        )
-    return _with(timed, reason=f"{speedup:.2f}x faster than dense on the example input")
-
-
-# The layer is timed bare, in a few runs, before fuse_relu and fuse_residual give it its
-# epilogue. The "grouped" kernels (native on the CPU, fused Triton on CUDA) then apply the
-# ReLU and the shortcut as they store; "grouped_torch" takes extra passes over the output for
-# them. So grouped_torch is chosen only when it times this much faster. On ResNet-50 at 90%
-# the 7-run timing on this noisy VM picked torch-ops for 9-12 layers, mostly 1x1 convs, where
-# many runs side by side have the native kernel 25-45% faster on those shapes, bare and with
-# shortcut and ReLU (python tools/bench_layers.py --kernel-choice, which also compiles the
-# model both ways: with the edge 1-7 layers stay on torch-ops; end to end 27.3 against 26.6
-# ms and 22.4 against 24.1 in two runs, within this machine's noise).
-FUSED_EPILOGUE_EDGE = 1.15
-
-
-def _with(plan_: LayerPlan, **changes) -> LayerPlan:
-    return LayerPlan(**{**plan_.__dict__, **changes})
-
-
-def _dense(plan_: LayerPlan, reason: str) -> LayerPlan:
-    return _with(
-        plan_,
-        decision="dense",
-        kernel="dense",
-        reason=reason,
-        weight=None,
-        column_index=None,
-        row_index=None,
-        bias=None,
-    )
 
 
 def plan(gm: fx.GraphModule, context: CompileContext) -> int:
     """Guarantees: every marked layer has a LayerPlan in ``node.meta[META_PLAN]``; a plan whose
-    decision is "sparse" holds packed weights and kept columns and was checked to beat dense
-    (per ``options.decide``). Returns how many layers will be rewritten."""
+    decision is "sparse" holds (groups, G, k) packed weights, kept columns and at least one
+    registry kernel that runs it here. Returns how many layers may be rewritten."""
     rewritten = 0
     for node in gm.graph.nodes:
         layer = node.meta.get(META_LAYER)

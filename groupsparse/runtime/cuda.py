@@ -8,9 +8,9 @@ Two grouped kernels, as on the CPU (the compiler times both per layer and keeps 
 - ``grouped_conv2d`` / ``grouped_linear``: where Triton is installed (it comes with torch's
   CUDA builds), one fused Triton kernel per layer that gathers each group's kept columns into
   registers and multiplies them there (``triton_fused.py``, which says why); else the next.
-- ``grouped_conv2d_torch`` / ``grouped_linear_torch``: the paper's two steps, below.
+- ``two_step_conv2d`` / ``two_step_linear``: the paper's two steps, below.
 
-A two-step call is (see ``cpu.py`` for the semantics, which these functions share):
+A two-step call is (semantics as the ops': ``runtime/ops.py``):
 
 1. one gather kernel (NVRTC-compiled, cached per device and dtype, launched on torch's current
    stream) that writes each group's kept im2col rows contiguously;
@@ -50,8 +50,6 @@ from typing import Any
 
 import torch
 
-from . import cpu
-from .cpu import ConvGeometry, conv_output_size
 from .cuda_kernels import (
     ELEMENT_KINDS,
     KERNEL_PARAMS,
@@ -60,6 +58,7 @@ from .cuda_kernels import (
     kernel_name,
     vector_width,
 )
+from .geometry import ConvGeometry, conv_output_size
 
 __all__ = [
     "CudaBackendError",
@@ -74,12 +73,10 @@ __all__ = [
     "cuda_available",
     "gemm_types",
     "grouped_conv2d",
-    "grouped_conv2d_torch",
     "grouped_linear",
-    "grouped_linear_torch",
     "linear_gemm",
-    "loop_conv2d",
-    "loop_linear",
+    "two_step_conv2d",
+    "two_step_linear",
 ]
 
 
@@ -753,7 +750,7 @@ def _aligned(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.data_ptr() % 16 == 0 else tensor.clone()
 
 
-def grouped_conv2d_torch(
+def two_step_conv2d(
     x: torch.Tensor,
     weight: torch.Tensor,
     columns: torch.Tensor,
@@ -766,7 +763,7 @@ def grouped_conv2d_torch(
 
     Example::
 
-        >>> out = grouped_conv2d_torch(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1))
+        >>> out = two_step_conv2d(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1))
     """
     x, weight = _prepare(x, weight, columns, bias)
     geometry = tuple(int(v) for v in geometry)
@@ -817,7 +814,7 @@ def grouped_conv2d_torch(
     return out
 
 
-def grouped_linear_torch(
+def two_step_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
     columns: torch.Tensor,
@@ -829,7 +826,7 @@ def grouped_linear_torch(
 
     Example::
 
-        >>> out = grouped_linear_torch(x, weight, columns, bias, relu=False)
+        >>> out = two_step_linear(x, weight, columns, bias, relu=False)
     """
     x, weight = _prepare(x, weight, columns, bias)
     groups, group_rows, kept = weight.shape
@@ -866,8 +863,6 @@ def grouped_linear_torch(
 
 # The earlier implementation the paper compares against (one gather and one GEMM per group)
 # is made of torch ops, which run on CUDA tensors as they are: cuBLAS per group.
-loop_conv2d = cpu.loop_conv2d
-loop_linear = cpu.loop_linear
 
 
 ELEMENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -881,6 +876,11 @@ def _triton_fused() -> Any:
     except ImportError:
         return None
     return None if triton_fused.INTERPRETED else triton_fused
+
+
+def fused_runner() -> Any:
+    """The fused Triton kernels' module, or None where Triton cannot run them here."""
+    return _triton_fused()
 
 
 def fused_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -897,14 +897,14 @@ def grouped_conv2d(
     relu: bool = False,
 ) -> torch.Tensor:
     """Group-sparse conv2d on the GPU: ``(B, C, H, W)`` -> ``(B, groups*G, OH, OW)``, one fused
-    Triton kernel where ``fused_ready``, else ``grouped_conv2d_torch``.
+    Triton kernel where ``fused_ready``, else ``two_step_conv2d``.
 
     Example::
 
         >>> out = grouped_conv2d(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), True)
     """
     if not fused_ready(x, weight) or weight.shape[2] == 0:
-        return grouped_conv2d_torch(x, weight, columns, bias, geometry, relu)
+        return two_step_conv2d(x, weight, columns, bias, geometry, relu)
     x, weight = _prepare(x, weight, columns, bias)
     geometry = tuple(int(v) for v in geometry)
     groups, group_rows, _ = weight.shape
@@ -940,14 +940,14 @@ def grouped_linear(
     relu: bool = False,
 ) -> torch.Tensor:
     """Group-sparse linear on the GPU: ``(..., K)`` -> ``(..., groups*G)``, one fused Triton
-    kernel where ``fused_ready``, else ``grouped_linear_torch``.
+    kernel where ``fused_ready``, else ``two_step_linear``.
 
     Example::
 
         >>> out = grouped_linear(x, weight, columns, bias, relu=False)
     """
     if not fused_ready(x, weight) or weight.shape[2] == 0:
-        return grouped_linear_torch(x, weight, columns, bias, relu)
+        return two_step_linear(x, weight, columns, bias, relu)
     x, weight = _prepare(x, weight, columns, bias)
     groups, group_rows, _ = weight.shape
     in_features = x.shape[-1]
@@ -961,10 +961,6 @@ def grouped_linear(
             x.reshape(-1, in_features), weight, table, bias, relu, out.view(-1, out.shape[-1])
         )
     return out
-
-
-# the compiler's question (ops.two_grouped_kernels): fused and two-step kernels both run
-two_grouped_kernels = fused_ready
 
 
 def _check_bias(bias: torch.Tensor | None, channels: int, dtype: torch.dtype) -> None:

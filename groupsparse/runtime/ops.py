@@ -1,79 +1,62 @@
-"""The groupsparse custom operators, registered with torch.library.
+"""The groupsparse custom operators, registered with torch.library from the kernel registry.
 
 Rewritten graphs call these, so they print readably (``groupsparse.conv2d``), keep their
-plans as buffers of the GraphModule, and compose with torch.compile and torch.export
-(each op has a fake kernel). The backend is picked by the input's device, at one place:
-``_backend``. Nothing here knows of fx.
+plans as buffers of the GraphModule, and compose with torch.compile, torch.export and
+AOTInductor (each op has a fake kernel). One op per registry kernel name and layer kind:
 
 - ``groupsparse::conv2d(x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None, residual=None)``:
-  ``relu?(conv(x) + residual?)``; the residual (a ResNet block's shortcut) is added in the
-  native kernel's epilogue when it has the output's shape, else as torch's add would.
+  ``relu?(conv(x) + residual?)`` by the device's grouped kernel; ``conv2d_torch_ops``,
+  ``conv2d_two_step`` and ``conv2d_loop`` the same by those kernels (``kernels.py``).
 - ``groupsparse::linear(x, weight, columns, bias, relu, out_features, in_features, row_index=None)``
-- ``groupsparse::conv2d_loop`` / ``groupsparse::linear_loop``: the earlier per-group
-  implementation (one gather and one GEMM per group), kept for benchmarks.
-- ``groupsparse::conv2d_torch`` / ``groupsparse::linear_torch``: ``conv2d`` / ``linear`` on the
-  CPU's torch-ops kernel rather than the native one, for layers where the compiler timed it
-  faster (on CUDA the same as ``conv2d`` / ``linear``).
+  and ``linear_torch_ops`` / ``linear_two_step`` / ``linear_loop``.
 - ``groupsparse::max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)``: a max-pool,
   native on NCHW float32 CPU tensors (torch's own is slow there; the rewrite_pool pass).
 
-``weight`` is ``(groups, G, k)``, ``columns`` the kept im2col columns ``(groups, k)``;
-output channel ``g*G + r`` is row r of group g; channels past ``out_channels`` (padding of a
-smaller last group) are dropped. ``in_channels`` / ``in_features`` is the input width the
-layer was compiled for: the kernels only read the kept columns, so an input of another width
-would otherwise give wrong numbers instead of an error.
+``weight`` holds the layer's ``(groups, G, k)`` weights as the op's kernel prepared them at
+plan time (``Kernel.prepare``), ``columns`` the kept im2col columns ``(groups, k)``; output
+channel ``g*G + r`` is row r of group g; channels past ``out_channels`` (padding of a smaller
+last group) are dropped. ``in_channels`` / ``in_features`` is the input width the layer was
+compiled for: the kernels only read the kept columns, so an input of another width would
+otherwise give wrong numbers instead of an error. ``row_index`` (channel-permuted groups):
+output row i is kernel row ``row_index[i]``.
+
+Where the C++ extension loads (``cpu/extension.py``), it registers the CPU kernels of
+``conv2d``, ``linear`` and ``max_pool2d`` and their Autograd kernel, so those calls run no
+Python; every other (op, device) runs the registry's Python kernel through the
+CompositeExplicitAutograd kernel below, which dispatches on the input's device.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 
-from . import cpu
+from . import kernels as registry
+from .cpu import extension
+from .geometry import conv_output_size
 
-__all__ = [
-    "BackendUnavailable",
-    "conv2d",
-    "conv2d_loop",
-    "conv2d_torch",
-    "linear",
-    "linear_loop",
-    "linear_torch",
-    "max_pool2d",
-    "two_grouped_kernels",
-]
+__all__ = ["CXX_OPS", "BackendUnavailable", "max_pool2d"]
+
+# the ops whose CPU and Autograd kernels the C++ extension registers
+CXX_OPS = ("conv2d", "linear", "max_pool2d")
 
 
 class BackendUnavailable(RuntimeError):
-    """The tensors' device has no groupsparse backend here (say, CUDA without the cuda extra)."""
+    """The tensors' device has no groupsparse kernel here (say, CUDA without the cuda extra)."""
 
 
-def _backend(device: torch.device) -> ModuleType:
-    """The one dispatch point from a device to the module that implements the kernels."""
-    match device.type:
-        case "cpu":
-            return cpu
-        case "cuda":
-            try:
-                from . import cuda
-            except ImportError as error:  # the optional extra is missing
-                raise BackendUnavailable(
-                    f"groupsparse's CUDA backend could not be imported ({error}); install it with "
-                    "`pip install groupsparse[cuda]`, or run the model on the CPU"
-                ) from error
-            return cuda
-        case other:
-            raise BackendUnavailable(
-                f"groupsparse has no kernels for device type {other!r}; supported: cpu, cuda"
-            )
-
-
-def two_grouped_kernels(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the backend of ``x``'s device has two grouped kernels for this layer ("grouped"
-    and "grouped_torch": the CPU's native and torch-ops kernels, CUDA's fused Triton and
-    gather + cuBLAS ones), so that the compiler should time both."""
-    return _backend(x.device).two_grouped_kernels(x, weight)
+def _kernel_for(op_name: str, device: torch.device) -> registry.Kernel:
+    """The one dispatch point from an op and a device to the kernel that runs it."""
+    for kernel in registry.KERNELS:
+        if kernel.op_name == op_name and kernel.runs_on(device.type) and kernel.run is not None:
+            return kernel
+    if device.type == "cuda":
+        raise BackendUnavailable(
+            "groupsparse's CUDA backend could not be used; install it with `pip install "
+            "groupsparse[cuda]`, or run the model on the CPU"
+        )
+    raise BackendUnavailable(
+        f"groupsparse has no {op_name} kernel for device type {device.type!r}; supported: cpu, cuda"
+    )
 
 
 def _check_inputs(x: torch.Tensor, weight: torch.Tensor, op: str) -> None:
@@ -110,19 +93,15 @@ def _place(
 
 
 def _conv_shape(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    geometry: list[int],
-    out_channels: int,
-    in_channels: int,
-    op: str,
-) -> tuple[int, ...]:
+    x: torch.Tensor, weight: torch.Tensor, geometry: list[int], out_channels: int,
+    in_channels: int, op: str,
+) -> tuple[int, ...]:  # fmt: skip
     """Checks what a conv2d call gets and returns its output shape."""
     if x.dim() != 4:
         raise ValueError(f"groupsparse.{op} expects a 4-D (N, C, H, W) input; got {tuple(x.shape)}")
     _check_inputs(x, weight, op)
     _check_width(x, in_channels, 1, op, "channels (dim 1)")
-    out_h, out_w = cpu.conv_output_size(x.shape[2], x.shape[3], tuple(geometry))
+    out_h, out_w = conv_output_size(x.shape[2], x.shape[3], tuple(geometry))
     if out_h < 1 or out_w < 1:
         raise ValueError(
             f"groupsparse.{op}: the input's (H, W) = {tuple(x.shape[2:])} is smaller than the "
@@ -141,7 +120,6 @@ def _linear_shape(
 
 
 _LIBRARY = torch.library.Library("groupsparse", "DEF")
-_KIND: dict[str, str] = {}  # each op's name -> its kind ("conv2d", "linear", "pool")
 _SCHEMAS = {
     "conv2d": "(Tensor x, Tensor weight, Tensor columns, Tensor? bias, int[] geometry, bool relu, "
     "int out_channels, int in_channels, Tensor? row_index=None, Tensor? residual=None) -> Tensor",
@@ -169,19 +147,21 @@ class _NoBackward(torch.autograd.Function):
         raise RuntimeError(_NO_BACKWARD)
 
 
-def _register(name: str, kind: str, kernel, fake):
-    """Defines ``groupsparse::<name>`` with ``kernel`` for every device (``_backend`` refuses
-    the ones without kernels), ``fake`` for meta and fake tensors, and an autograd kernel
-    that only marks outputs as having no backward.
+def _define(name: str, kind: str, kernel, fake) -> None:
+    """Defines ``groupsparse::<name>`` with ``kernel`` for every device and ``fake`` for meta
+    and fake tensors.
 
     Registered through torch.library.Library rather than ``custom_op``: the latter wraps every
-    call in more Python layers (autograd, aliasing checks, a Dynamo guard); the same op body
-    costs about 20 us more a call that way (a tiny conv under no_grad: 69 us against 91, the
-    kernel alone 35; ``python tools/bench_layers.py --op-overhead``), on a model with 50-70
-    such calls."""
+    call in more Python layers (autograd, aliasing checks, a Dynamo guard), about 20 us a call
+    on a model with 50-70 such calls."""
     _LIBRARY.define(name + _SCHEMAS[kind])
     _LIBRARY.impl(name, kernel, "CompositeExplicitAutograd")
     torch.library.register_fake(f"groupsparse::{name}", fake, lib=_LIBRARY)
+
+
+def _python_autograd(name: str) -> None:
+    """An Autograd kernel in Python that marks outputs as having no backward (the C++
+    extension registers its own for CXX_OPS)."""
     op = getattr(torch.ops.groupsparse, name).default
 
     def autograd(*args):
@@ -194,12 +174,10 @@ def _register(name: str, kind: str, kernel, fake):
         return out
 
     _LIBRARY.impl(name, autograd, "Autograd")
-    _KIND[name] = kind
-    return op
 
 
-def _conv_kernel(name: str, kernel: str):
-    """A conv2d that runs the device backend's ``kernel``."""
+def _conv_kernel(name: str):
+    """The Python body of conv2d op ``name``: checks, then the device's registry kernel."""
 
     def op(
         x, weight, columns, bias, geometry, relu, out_channels, in_channels, row_index=None,
@@ -208,37 +186,39 @@ def _conv_kernel(name: str, kernel: str):
         shape = _conv_shape(x, weight, geometry, out_channels, in_channels, name)
         if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
             return x.new_empty(shape)
-        backend = _backend(x.device)
-        run = getattr(backend, kernel)
+        kernel = _kernel_for(name, x.device)
         geometry = tuple(geometry)
         if residual is None:
-            return _place(run(x, weight, columns, bias, geometry, relu), out_channels, 1, row_index)
+            out = kernel.run(x, weight, columns, bias, geometry, relu)
+            return _place(out, out_channels, 1, row_index)
         if (
-            kernel in getattr(backend, "RESIDUAL_KERNELS", ())
+            kernel.takes_residual
             and row_index is None
             and weight.shape[0] * weight.shape[1] == out_channels
             and residual.shape == shape
             and residual.dtype == x.dtype
             and residual.device == x.device
         ):
-            return run(x, weight, columns, bias, geometry, relu, residual=residual)
+            return kernel.run(x, weight, columns, bias, geometry, relu, residual=residual)
         # the add as the graph had it (broadcasting, type promotion), then the ReLU
-        out = _place(run(x, weight, columns, bias, geometry, False), out_channels, 1, row_index)
+        out = _place(
+            kernel.run(x, weight, columns, bias, geometry, False), out_channels, 1, row_index
+        )
         out = out + residual
         return out.relu_() if relu else out
 
     return op
 
 
-def _linear_kernel(name: str, kernel: str):
-    """A linear that runs the device backend's ``kernel``."""
+def _linear_kernel(name: str):
+    """The Python body of linear op ``name``: checks, then the device's registry kernel."""
 
     def op(x, weight, columns, bias, relu, out_features, in_features, row_index=None):
         shape = _linear_shape(x, weight, out_features, in_features, name)
         if 0 in shape:
             return x.new_empty(shape)
-        run = getattr(_backend(x.device), kernel)
-        return _place(run(x, weight, columns, bias, relu), out_features, -1, row_index)
+        kernel = _kernel_for(name, x.device)
+        return _place(kernel.run(x, weight, columns, bias, relu), out_features, -1, row_index)
 
     return op
 
@@ -258,47 +238,21 @@ def _fake_linear(x, weight, columns, bias, relu, out_features, in_features, row_
 
 
 def _max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
-    """``F.max_pool2d`` without indices, on the CPU by the native NCHW kernel (see
-    ``cpu.max_pool2d``; other devices, layouts and dtypes run torch's)."""
-    return cpu.max_pool2d(
-        x, tuple(kernel), tuple(stride), tuple(padding), tuple(dilation), ceil_mode
-    )
-
-
-def _fake_max_pool2d(x, kernel, stride, padding, dilation, ceil_mode):
+    """``F.max_pool2d`` without indices: torch's own, where the C++ CPU kernel (native on
+    contiguous NCHW float32) is not registered, and on other devices."""
     return torch.nn.functional.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
 
 
-conv2d = _register("conv2d", "conv2d", _conv_kernel("conv2d", "grouped_conv2d"), _fake_conv)
-conv2d_loop = _register(
-    "conv2d_loop", "conv2d", _conv_kernel("conv2d_loop", "loop_conv2d"), _fake_conv
-)
-conv2d_torch = _register(
-    "conv2d_torch", "conv2d", _conv_kernel("conv2d_torch", "grouped_conv2d_torch"), _fake_conv
-)
-linear = _register("linear", "linear", _linear_kernel("linear", "grouped_linear"), _fake_linear)
-linear_loop = _register(
-    "linear_loop", "linear", _linear_kernel("linear_loop", "loop_linear"), _fake_linear
-)
-linear_torch = _register(
-    "linear_torch", "linear", _linear_kernel("linear_torch", "grouped_linear_torch"), _fake_linear
-)
-max_pool2d = _register("max_pool2d", "pool", _max_pool2d, _fake_max_pool2d)
-CONV_OPS = (conv2d, conv2d_loop, conv2d_torch)
-LINEAR_OPS = (linear, linear_loop, linear_torch)
+for _name in dict.fromkeys(kernel.op_name for kernel in registry.KERNELS):
+    _kind = next(kernel.kind for kernel in registry.KERNELS if kernel.op_name == _name)
+    if _kind == "conv2d":
+        _define(_name, "conv2d", _conv_kernel(_name), _fake_conv)
+    else:
+        _define(_name, "linear", _linear_kernel(_name), _fake_linear)
+_define("max_pool2d", "pool", _max_pool2d, _max_pool2d)
+max_pool2d = torch.ops.groupsparse.max_pool2d.default
 
-# where the ``relu`` flag and ``row_index`` sit in each kind's arguments
-ARGUMENT_POSITIONS = {
-    "conv2d": {"relu": 5, "row_index": 8, "residual": 9},
-    "linear": {"relu": 4, "row_index": 7},
-}
-
-
-def overloads() -> dict:
-    """What fx nodes call (``torch.ops.groupsparse.<name>.default``) -> the op's kind, for every
-    conv2d and linear op above: the one list that passes which treat all kernels alike read."""
-    return {
-        getattr(torch.ops.groupsparse, name).default: kind
-        for name, kind in _KIND.items()
-        if kind != "pool"
-    }
+_cxx = extension.load()  # registers the C++ CPU and Autograd kernels of CXX_OPS
+for _name in [*dict.fromkeys(kernel.op_name for kernel in registry.KERNELS), "max_pool2d"]:
+    if _cxx is None or _name not in CXX_OPS:
+        _python_autograd(_name)

@@ -12,10 +12,11 @@ from hypothesis import strategies as st
 from torch import nn
 
 import groupsparse as gs
-from groupsparse.runtime import native
+from groupsparse.runtime import kernels, tuning
+from groupsparse.runtime.cpu import extension
 from tests.sparsify import group_sparsify, max_relative_error
 
-plan_pass = importlib.import_module("groupsparse.passes.plan")  # the module, not the pass
+select_pass = importlib.import_module("groupsparse.passes.select_kernel")  # the module
 
 RTOL = 1e-4
 
@@ -101,7 +102,9 @@ def test_linear_on_3d_input():
 
 def test_unbalanced_groups_and_smaller_last_group():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(5, 20, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(20 * 36, 13)).eval()
+    model = nn.Sequential(
+        nn.Conv2d(5, 20, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(20 * 36, 13)
+    ).eval()
     group_sparsify(model, 0.7, 8, balanced=False)  # 20 rows -> groups 8, 8, 4; 13 -> 8, 5
     fast = gs.compile_sparse(model, torch.randn(1, 5, 6, 6), decide="always")
     assert fast.report.rewritten == ["0", "3"]
@@ -128,7 +131,9 @@ def test_unsupported_layers_stay_dense_and_say_why():
 
 def test_conv1d_and_dense_and_irregular_layers_are_reported_dense():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(4, 8, 3), nn.Flatten(), nn.Linear(48, 16), nn.Linear(16, 16)).eval()
+    model = nn.Sequential(
+        nn.Conv1d(4, 8, 3), nn.Flatten(), nn.Linear(48, 16), nn.Linear(16, 16)
+    ).eval()
     group_sparsify(model[0], 0.5, 4)
     with torch.no_grad():
         model[2].weight.mul_(torch.rand_like(model[2].weight) > 0.5)  # element-wise zeros
@@ -161,15 +166,13 @@ def test_loop_kernel_is_equivalent():
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
-@pytest.mark.parametrize("kernel", ["grouped", "grouped_torch", "loop"])
+@pytest.mark.parametrize("kernel", ["grouped", "torch_ops", "loop"])
 def test_relu_after_a_rewritten_layer_runs_in_its_kernel(kernel):
     model = _sparse_cnn()
     fast = gs.compile_sparse(model, torch.randn(1, 3, 8, 8), decide="always", kernel=kernel)
-    from groupsparse.runtime.ops import ARGUMENT_POSITIONS, overloads
-
-    kinds = overloads()
+    kinds = kernels.op_kinds()
     relu_flags = [
-        node.args[ARGUMENT_POSITIONS[kinds[node.target]]["relu"]]
+        node.args[kernels.argument_index(node.target, "relu")]
         for node in fast.graph.nodes
         if node.target in kinds
     ]
@@ -181,19 +184,28 @@ def test_relu_after_a_rewritten_layer_runs_in_its_kernel(kernel):
 
 def test_torch_ops_kernel_is_equivalent():
     model = _sparse_cnn()
-    fast = gs.compile_sparse(
-        model, torch.randn(1, 3, 8, 8), decide="always", kernel="grouped_torch"
-    )
-    assert all(row.kernel == "grouped_torch" for row in fast.report if row.decision == "sparse")
-    assert "conv2d_torch" in fast.code and "linear_torch" in fast.code
+    fast = gs.compile_sparse(model, torch.randn(1, 3, 8, 8), decide="always", kernel="torch_ops")
+    assert all(row.kernel == "torch_ops" for row in fast.report if row.decision == "sparse")
+    assert "conv2d_torch_ops" in fast.code and "linear_torch_ops" in fast.code
     x = torch.randn(2, 3, 8, 8)
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
-@pytest.mark.skipif(native.library() is None, reason=native.status())
-@pytest.mark.parametrize("faster", ["grouped", "grouped_torch"])
+def test_the_old_kernel_name_still_works_with_a_warning():
+    model = _sparse_cnn()
+    with pytest.warns(DeprecationWarning, match="kernel='grouped_torch' is deprecated"):
+        fast = gs.compile_sparse(
+            model, torch.randn(1, 3, 8, 8), decide="always", kernel="grouped_torch"
+        )
+    assert {row.kernel for row in fast.report if row.decision == "sparse"} == {"torch_ops"}
+    x = torch.randn(2, 3, 8, 8)
+    assert max_relative_error(fast(x), model(x)) < RTOL
+
+
+@pytest.mark.skipif(extension.load() is None, reason=extension.status())
+@pytest.mark.parametrize("faster", ["grouped", "torch_ops"])
 def test_timing_keeps_the_faster_cpu_kernel(faster, monkeypatch):
-    """With the native kernel built, each layer is timed on both CPU kernels (and dense), and
+    """With the C++ kernels built, each layer is timed on both CPU kernels (and dense), and
     the faster one is what the rewritten graph calls."""
     timed = []
 
@@ -201,31 +213,35 @@ def test_timing_keeps_the_faster_cpu_kernel(faster, monkeypatch):
         timed.append(sorted(functions))
         return {name: 1.0 if name == faster else 10.0 for name in functions}
 
-    monkeypatch.setattr(plan_pass, "time_side_by_side", fake_timing)
+    monkeypatch.setattr(select_pass, "time_side_by_side", fake_timing)
     model = _sparse_cnn()
     fast = gs.compile_sparse(model, torch.randn(1, 3, 8, 8))
-    assert timed and all(names == ["dense", "grouped", "grouped_torch"] for names in timed)
+    assert timed and all(names == ["dense", "grouped", "torch_ops"] for names in timed)
     assert fast.report.rewritten == ["conv1", "conv2", "conv3", "fc", "head"]
     assert {row.kernel for row in fast.report} == {faster}
-    assert ("conv2d_torch" in fast.code) == (faster == "grouped_torch")
+    assert ("conv2d_torch_ops" in fast.code) == (faster == "torch_ops")
     x = torch.randn(2, 3, 8, 8)
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
-@pytest.mark.skipif(native.library() is None, reason=native.status())
-@pytest.mark.parametrize("torch_ops_ms, chosen", [(0.9, "grouped"), (0.8, "grouped_torch")])
+@pytest.mark.skipif(extension.load() is None, reason=extension.status())
+@pytest.mark.parametrize(
+    "edge, torch_ops_ms, chosen",
+    [(1.15, 0.9, "grouped"), (1.15, 0.8, "torch_ops"), (1.0, 0.9, "torch_ops")],
+)
 def test_the_kernel_that_fuses_its_epilogue_is_kept_unless_clearly_slower(
-    torch_ops_ms, chosen, monkeypatch
+    edge, torch_ops_ms, chosen, monkeypatch
 ):
-    """Timed bare, the torch-ops kernel must beat the native one by FUSED_EPILOGUE_EDGE: the
-    native kernel applies the ReLU and shortcut fused later as it stores."""
-    assert plan_pass.FUSED_EPILOGUE_EDGE == 1.15
+    """Timed bare, the torch-ops kernel must beat the grouped one by the tuning's
+    fused_epilogue_edge: the grouped kernel applies the ReLU and shortcut fused later as it
+    stores."""
 
     def fake_timing(functions, runs, warmup=3):
-        return {"dense": 10.0, "grouped": 1.0, "grouped_torch": torch_ops_ms}
+        return {"dense": 10.0, "grouped": 1.0, "torch_ops": torch_ops_ms}
 
-    monkeypatch.setattr(plan_pass, "time_side_by_side", fake_timing)
-    fast = gs.compile_sparse(_sparse_cnn(), torch.randn(1, 3, 8, 8))
+    monkeypatch.setattr(select_pass, "time_side_by_side", fake_timing)
+    with tuning.override(fused_epilogue_edge=edge):
+        fast = gs.compile_sparse(_sparse_cnn(), torch.randn(1, 3, 8, 8))
     assert {row.kernel for row in fast.report if row.decision == "sparse"} == {chosen}
 
 
@@ -280,19 +296,44 @@ def test_run_time_input_of_another_dtype_is_refused():
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
     stride=st.tuples(st.integers(1, 3), st.integers(1, 2)),
     dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
-    padding=st.one_of(st.tuples(st.integers(0, 2), st.integers(0, 2)), st.just("same"), st.just("valid")),
+    padding=st.one_of(
+        st.tuples(st.integers(0, 2), st.integers(0, 2)), st.just("same"), st.just("valid")
+    ),
     bias=st.booleans(),
     batch=st.integers(1, 3),
     size=st.tuples(st.integers(5, 9), st.integers(5, 9)),
     sparsity=st.sampled_from([0.3, 0.5, 0.75, 0.9]),
     seed=st.integers(0, 1000),
 )
-def test_property_random_conv_configurations(in_channels, groups, group_size, kernel, stride, dilation, padding, bias, batch, size, sparsity, seed):
+def test_property_random_conv_configurations(
+    in_channels,
+    groups,
+    group_size,
+    kernel,
+    stride,
+    dilation,
+    padding,
+    bias,
+    batch,
+    size,
+    sparsity,
+    seed,
+):
     if padding == "same":
         stride = (1, 1)
     torch.manual_seed(seed)
-    out_channels = groups * group_size + (1 if seed % 3 == 0 else 0)  # sometimes a smaller last group
-    conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation, bias=bias)
+    out_channels = groups * group_size + (
+        1 if seed % 3 == 0 else 0
+    )  # sometimes a smaller last group
+    conv = nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel,
+        stride=stride,
+        padding=padding,
+        dilation=dilation,
+        bias=bias,
+    )
     model = nn.Sequential(conv, nn.ReLU()).eval()
     group_sparsify(model, sparsity, max(2, group_size), seed=seed)
     x = torch.randn(batch, in_channels, *size)
@@ -302,16 +343,13 @@ def test_property_random_conv_configurations(in_channels, groups, group_size, ke
 
 
 def test_compiled_under_inference_mode_keeps_normal_plan_tensors():
-    """Plans built under torch.inference_mode are still normal tensors, so the CPU kernels'
-    per-layer work (cpu.memo, keyed by version counters) is built once, not on every call."""
-    from groupsparse.runtime import cpu
-
+    """Plans built under torch.inference_mode are still normal tensors: the compiled module
+    can be saved, moved and called outside inference mode too."""
     model = _sparse_cnn()
     x = torch.randn(2, 3, 8, 8)
     with torch.inference_mode():
         fast = gs.compile_sparse(model, x, decide="always")
         assert not any(buffer.is_inference() for buffer in fast.buffers())
         assert max_relative_error(fast(x), model(x)) < RTOL
-        remembered = len(cpu._MEMO)
-        fast(torch.randn(2, 3, 8, 8))
-        assert len(cpu._MEMO) == remembered
+    with torch.no_grad():
+        assert max_relative_error(fast(x), model(x)) < RTOL

@@ -61,13 +61,13 @@ def test_inspection_rebuilds_permuted_masks():
 
 def _ops_with_rows(fast) -> dict[str, bool]:
     """{layer: whether its op still puts rows back in order at run time}."""
-    from groupsparse.runtime.ops import ARGUMENT_POSITIONS, overloads
+    from groupsparse.runtime import kernels
 
-    kinds = overloads()
+    kinds = kernels.op_kinds()
     found = {}
     for node in fast.graph.nodes:
         if node.target in kinds:
-            position = ARGUMENT_POSITIONS[kinds[node.target]]["row_index"]
+            position = kernels.argument_index(node.target, "row_index")
             plan = node.meta["groupsparse.plan"]
             found[plan.name] = len(node.args) > position and node.args[position] is not None
     return found
@@ -81,7 +81,7 @@ def _permute_prune(model: nn.Module, layers, group_size: int = 8, sparsity: floa
             matrix.mul_(pattern.mask(matrix.abs(), sparsity))
 
 
-@pytest.mark.parametrize("kernel", ["grouped", "grouped_torch", "loop"])
+@pytest.mark.parametrize("kernel", ["grouped", "torch_ops", "loop"])
 def test_permutation_folds_into_the_next_conv(kernel):
     model = _permuted_model()
     fast = gs.compile_sparse(model, torch.randn(1, 6, 5, 5), decide="always", kernel=kernel)
@@ -120,12 +120,22 @@ class _Mlp(nn.Module):
         return x + self.fc2(self.act(self.fc1(x)))
 
 
-def _linear_weights_k_major(fast) -> list[bool]:
-    ops = (torch.ops.groupsparse.linear.default, torch.ops.groupsparse.linear_torch.default)
+def _linear_weights_in_their_kernels_layout(fast) -> list[bool]:
+    """Whether each rewritten linear's float32 weight buffer is laid out as its kernel reads it:
+    grouped, brgemm's B per group (groups, k, G); torch_ops, k-major (groups, G, k)."""
     gm = fast.graph_module
-    weights = [getattr(gm, node.args[1].target) for node in gm.graph.nodes if node.target in ops]
-    assert weights
-    return [w.transpose(1, 2).is_contiguous() for w in weights]
+    found = []
+    for node in gm.graph.nodes:
+        plan = node.meta.get("groupsparse.plan")
+        if plan is None or plan.kind != "linear" or plan.decision != "sparse":
+            continue
+        weight = getattr(gm, node.args[1].target)
+        if plan.kernel == "grouped":
+            found.append(weight.shape == (plan.groups, plan.kept_columns, plan.group_size))
+        elif plan.kernel == "torch_ops":
+            found.append(weight.transpose(1, 2).is_contiguous())
+    assert found
+    return found
 
 
 def test_permutation_folds_between_linears_on_3d_inputs():
@@ -135,8 +145,8 @@ def test_permutation_folds_between_linears_on_3d_inputs():
     fast = gs.compile_sparse(model, torch.randn(2, 5, 16), decide="always")
     assert _ops_with_rows(fast) == {"fc1": False, "fc2": True}
     assert "folded into fc2" in next(row.reason for row in fast.report if row.name == "fc1")
-    # the folded (reordered) weights keep the k-major layout the native linear kernel reads
-    assert all(_linear_weights_k_major(fast))
+    # the folded (reordered) weights are laid out as each kernel reads them
+    assert all(_linear_weights_in_their_kernels_layout(fast))
     for shape in ((2, 5, 16), (1, 7, 16), (3, 16)):
         x = torch.randn(*shape)
         assert max_relative_error(fast(x), model(x)) < 1e-4

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from groupsparse.runtime import cuda
-from groupsparse.runtime.cpu import conv_output_size
+from groupsparse.runtime import cuda, kernels, reference
+from groupsparse.runtime.geometry import conv_output_size
 from tests.sparsify import dense_from_groups, random_group_columns
 
 DEVICE = "cuda"
@@ -86,7 +86,7 @@ def _no_tf32(monkeypatch):
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c[:7])))
-@pytest.mark.parametrize("kernel", ["grouped_conv2d", "grouped_conv2d_torch"])
+@pytest.mark.parametrize("kernel", ["grouped_conv2d", "two_step_conv2d"])
 def test_conv_matches_dense_conv_of_masked_weight(kernel, case, dtype, with_bias, relu):
     x, weight, columns, bias, geometry = _conv_problem(case, dtype, with_bias)
     out_h, out_w = conv_output_size(x.shape[2], x.shape[3], geometry)
@@ -103,7 +103,7 @@ def test_conv_matches_dense_conv_of_masked_weight(kernel, case, dtype, with_bias
 @pytest.mark.parametrize("with_bias", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", LINEAR_CASES, ids=lambda c: f"{c[0]}-{c[1:]}")
-@pytest.mark.parametrize("kernel", ["grouped_linear", "grouped_linear_torch"])
+@pytest.mark.parametrize("kernel", ["grouped_linear", "two_step_linear"])
 def test_linear_matches_dense_linear_of_masked_weight(kernel, case, dtype, with_bias, relu):
     leading, in_features, groups, group_rows, kept = case
     x = torch.randn(*leading, in_features, device=DEVICE).to(dtype)
@@ -128,7 +128,8 @@ def test_fused_kernel_runs_where_triton_is_installed():
     weight = torch.randn(1, 16, 8, device=DEVICE, dtype=torch.float16)
     expected = importlib.util.find_spec("triton") is not None
     assert cuda.fused_ready(x, weight) == expected
-    assert cuda.two_grouped_kernels(x, weight) == expected
+    found, _ = kernels.candidates("grouped", "linear", "cuda", torch.float16)
+    assert [k.name for k in found] == (["grouped", "two_step"] if expected else ["two_step"])
 
 
 def test_float32_uses_tf32_only_when_torch_allows_it(monkeypatch):
@@ -171,7 +172,7 @@ def test_runs_on_torchs_current_stream():
 def test_loop_reference_agrees_with_grouped():
     x, weight, columns, bias, geometry = _conv_problem(CONV_CASES[1], torch.float32)
     grouped = cuda.grouped_conv2d(x, weight, columns, bias, geometry, True)
-    loop = cuda.loop_conv2d(x, weight, columns, bias, geometry, True)
+    loop = reference.loop_conv2d(x, weight, columns, bias, geometry, True)
     torch.testing.assert_close(grouped, loop, rtol=1e-5, atol=1e-5)
 
 

@@ -11,11 +11,11 @@ from torch import fx, nn
 
 import groupsparse as gs
 from groupsparse.models.resnet import Bottleneck
-from groupsparse.runtime.ops import ARGUMENT_POSITIONS, overloads
+from groupsparse.runtime import kernels
 from tests.sparsify import group_sparsify, max_relative_error
 
-RESIDUAL = ARGUMENT_POSITIONS["conv2d"]["residual"]
-RELU = ARGUMENT_POSITIONS["conv2d"]["relu"]
+RESIDUAL = kernels.argument_index(torch.ops.groupsparse.conv2d.default, "residual")
+RELU = kernels.argument_index(torch.ops.groupsparse.conv2d.default, "relu")
 
 
 def _blocks() -> nn.Module:
@@ -31,14 +31,14 @@ def _blocks() -> nn.Module:
 
 
 def _convs(gm: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if overloads().get(n.target) == "conv2d"]
+    return [n for n in gm.graph.nodes if kernels.op_kinds().get(n.target) == "conv2d"]
 
 
 def _residual(node: fx.Node):
     return node.args[RESIDUAL] if len(node.args) > RESIDUAL else None
 
 
-@pytest.mark.parametrize("kernel", ["grouped", "grouped_torch", "loop"])
+@pytest.mark.parametrize("kernel", ["grouped", "torch_ops", "loop"])
 def test_shortcut_add_and_relu_run_in_the_conv(kernel):
     model = _blocks()
     fast = gs.compile_sparse(model, torch.randn(1, 16, 12, 12), decide="always", kernel=kernel)

@@ -13,9 +13,10 @@ from torch import fx, nn
 import groupsparse as gs
 from groupsparse.compiler.pipeline import run_pipeline
 from groupsparse.passes import CompileContext, CompileOptions
-from groupsparse.runtime import cpu, native
+from groupsparse.runtime.cpu import extension
 
-needs_native = pytest.mark.skipif(native.library() is None, reason=native.status())
+needs_native = pytest.mark.skipif(extension.load() is None, reason=extension.status())
+max_pool2d = torch.ops.groupsparse.max_pool2d.default
 
 
 class Pools(nn.Module):
@@ -92,24 +93,22 @@ def test_native_max_pool_equals_torch(case):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     want = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
-    got = cpu.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
+    got = max_pool2d(x, kernel, stride, padding, dilation, ceil_mode)
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 def test_bad_pools_raise_torch_errors():
     x = torch.randn(1, 2, 8, 8)
     with pytest.raises(RuntimeError, match="pad should be"):
-        cpu.max_pool2d(x, (2, 2), (2, 2), (2, 2), (1, 1))
+        max_pool2d(x, (2, 2), (2, 2), (2, 2), (1, 1), False)
     with pytest.raises(RuntimeError):
-        cpu.max_pool2d(torch.randn(1, 2, 2, 2), (5, 5), (1, 1), (0, 0), (1, 1))
+        max_pool2d(torch.randn(1, 2, 2, 2), (5, 5), (1, 1), (0, 0), (1, 1), False)
 
 
 @needs_native
-def test_native_max_pool_checks_its_tensors():
-    x = torch.randn(1, 2, 8, 8)
-    with pytest.raises(TypeError, match="contiguous float32"):
-        native.max_pool2d(x.double(), torch.empty(1, 2, 4, 4), kernel=(2, 2), stride=(2, 2),
-                          padding=(0, 0), dilation=(1, 1))  # fmt: skip
-    with pytest.raises(TypeError, match="same leading dimensions"):
-        native.max_pool2d(x, torch.empty(1, 3, 4, 4), kernel=(2, 2), stride=(2, 2),
-                          padding=(0, 0), dilation=(1, 1))  # fmt: skip
+def test_max_pool_takes_other_dtypes_and_layouts_to_torch():
+    """The C++ kernel runs contiguous NCHW float32; everything else is torch's own pool."""
+    for x in (torch.randn(1, 2, 8, 8).double(), torch.randn(1, 2, 8, 8).bfloat16(),
+              torch.randn(1, 2, 8, 8)[:, :, ::2], torch.randn(2, 8, 8)):  # fmt: skip
+        want = F.max_pool2d(x, 2, 2)
+        torch.testing.assert_close(max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False), want)

@@ -25,6 +25,7 @@ from groupsparse.layers import gemm_view, prunable_layers
 from groupsparse.patterns import ElementWise, FilterWise, GroupWise
 
 __all__ = [
+    "DTYPES",
     "KERNELS",
     "build_model",
     "call_sequence",
@@ -35,7 +36,8 @@ __all__ = [
 
 ACTIVATIONS = ("none", "relu", "relu_inplace", "relu_function", "gelu")
 SPARSITIES = (0.5, 0.75, 0.3, 0.9, 0.97, 0.1)  # hypothesis shrinks towards the first
-KERNELS = ("grouped", "grouped_torch", "loop")
+KERNELS = ("grouped", "torch_ops", "loop")
+DTYPES = ("float32", "bfloat16")  # hypothesis shrinks towards the first
 
 
 # -- drawing specs ----------------------------------------------------------------------------
@@ -237,6 +239,8 @@ def model_specs(draw) -> dict[str, Any]:
     spec["channels_last"] = spec["family"] == "image" and draw(st.booleans())
     # torch.export is slower than symbolic tracing (seconds): one spec in about sixteen
     spec["capture"] = "export" if draw(st.integers(0, 15)) == 7 else "symbolic_trace"
+    # the model and its inputs in this dtype (one spec in four bfloat16)
+    spec["dtype"] = DTYPES[draw(st.integers(0, 3)) == 3]
     spec["seed"] = draw(st.integers(0, 2**31 - 1))
     return spec
 

@@ -1,6 +1,7 @@
 """Fuzzed equivalence: random models, randomly pruned, compiled with ``decide="always"``,
 compute what the masked model computes (float32: max relative error under 1e-4, or under 3x
-float32 eager's own error where the output is small against its intermediate values).
+float32 eager's own error where the output is small against its intermediate values;
+bfloat16, one spec in four: under 3x bfloat16 eager's own error against float64).
 
 Models (tests/reliability/fuzz_models.py) are built from conv2d (random kernel, stride,
 padding incl. "same"/"valid", dilation, channels, bias), linear (2-D and 3-D inputs),
@@ -10,7 +11,7 @@ statistics, residual adds and channel concatenations. Each layer is pruned group
 filter-wise or not at all. The masks go in as zeros in the weights or as ``masks=``; the
 graph is captured by symbolic tracing or (about one model in sixteen) by torch.export.
 
-Each spec is compiled once per kernel ("grouped", "grouped_torch", "loop"), one after the
+Each spec is compiled once per kernel ("grouped", "torch_ops", "loop"), one after the
 other in the same process, and each compiled module is called on the example, then on fresh
 inputs of a larger and a smaller batch (0 included), one image of batch 1 channels_last
 (strides that fit both memory formats), and the example's batch again; images alternate
@@ -105,13 +106,16 @@ def _masked(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> torch.nn.
 
 
 def _tolerance(zeroed: torch.nn.Module, x: torch.Tensor, want: torch.Tensor) -> float:
-    """RTOL, or 3x float32 eager's own error against float64 where the model's output is so
-    much smaller than its intermediate values (cancellation) that float32 cannot do better.
-    Eager runs without oneDNN here, for the reason in ``_masked``."""
+    """The error allowed against float64: 3x eager's own error in x's dtype (``zeroed`` is in
+    it), with a floor of RTOL for float32 (where the output is so much smaller than its
+    intermediate values that float32 cannot do better, eager's error is the larger) and of
+    two bfloat16 roundings for bfloat16. Eager runs without oneDNN here, for the reason in
+    ``_masked``."""
     if not want.numel():
         return RTOL
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
-        return max(RTOL, 3 * max_relative_error(zeroed(x), want))
+        eager = max_relative_error(zeroed(x).to(want.dtype), want)
+    return max(RTOL if x.dtype == torch.float32 else 2**-7, 3 * eager)
 
 
 def _input(
@@ -126,8 +130,10 @@ def _input(
 
 
 def _kernel_order(spec: dict) -> list[str]:
-    """Every kernel, the spec's first."""
-    return [spec["kernel"], *(kernel for kernel in KERNELS if kernel != spec["kernel"])]
+    """Every kernel, the spec's first (a spec recorded with the old name "grouped_torch" starts
+    with torch_ops)."""
+    first = {"grouped_torch": "torch_ops"}.get(spec["kernel"], spec["kernel"])
+    return [first, *(kernel for kernel in KERNELS if kernel != first)]
 
 
 def check_equivalence(spec: dict) -> None:
@@ -135,17 +141,21 @@ def check_equivalence(spec: dict) -> None:
     the masked model on the spec's call sequence: every output within tolerance, and each call
     repeated gives bitwise the same output (state left by an earlier call, or memory read
     before it is written, shows up there)."""
+    dtype = getattr(torch, spec.get("dtype", "float32"))
     model = build_model(spec)
     masks = make_masks(model, spec)
     zeroed = _zeroed(model, masks)
-    reference = _Float64(copy.deepcopy(zeroed))
+    reference = _Float64(copy.deepcopy(zeroed))  # from the float32 weights: the function itself
+    zeroed, model = zeroed.to(dtype), model.to(dtype)
     if not spec["masks_argument"]:
         model = zeroed  # the zeros in the weights are the masks
     generator = torch.Generator().manual_seed(spec["seed"])
-    example = _input(spec, spec["example_batch"], generator)
-    fresh = [example] + [_input(spec, batch, generator) for batch, _ in call_sequence(spec)[1:]]
+    example = _input(spec, spec["example_batch"], generator).to(dtype)
+    fresh = [example] + [
+        _input(spec, batch, generator).to(dtype) for batch, _ in call_sequence(spec)[1:]
+    ]
     with torch.no_grad():
-        wanted = [reference(x) for x in fresh]
+        wanted = [reference(x.float()).double() for x in fresh]
     calls = [  # (input, its expected output, tolerance), in call order
         (x.to(memory_format=torch.channels_last if last else torch.contiguous_format), want,
          _tolerance(zeroed, x, want))

@@ -3,7 +3,7 @@
 - The kernel source compiles with NVRTC to PTX for compute_80 and compute_90 (needs the cuda
   extra: cuda-python and an NVRTC wheel; no GPU, no driver).
 - The kernels' index arithmetic runs on the CPU: the same source compiled as C++ by a small
-  host shim (one loop iteration per CUDA thread) must gather exactly what ``cpu.py`` gathers.
+  host shim (one loop iteration per CUDA thread) must gather exactly what the torch-ops kernel (``cpu/torch_ops.py``) gathers.
 - The cuBLAS arguments built for each layer, fed to a CPU interpreter of cuBLAS's column-major
   strided-batched and grouped-batched GEMM, must give torch's conv2d / linear results.
 - ``import groupsparse.runtime.cuda`` works with neither GPU nor the cuda extra.
@@ -20,7 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from groupsparse.runtime import cpu, cuda
+from groupsparse.runtime import cuda
+from groupsparse.runtime.cpu import torch_ops
 from groupsparse.runtime.cuda import (
     OP_N,
     OP_T,
@@ -39,6 +40,7 @@ from groupsparse.runtime.cuda_kernels import (
     kernel_name,
     vector_width,
 )
+from groupsparse.runtime.geometry import conv_output_size
 
 # (batch, channels, height, width, groups, group_rows, kept, geometry)
 CONV_CASES = [
@@ -186,7 +188,7 @@ def interpret(call, memory: _Memory, alpha: float = 1.0, beta: float = 0.0) -> N
 def _conv_through_cublas(x, weight, columns, geometry, call):
     batch = x.shape[0]
     groups, group_rows, _ = weight.shape
-    gathered = cpu.gather_conv_columns(x, columns, geometry)  # (B, groups*k, OH, OW)
+    gathered = torch_ops.gather_conv_columns(x, columns, geometry)  # (B, groups*k, OH, OW)
     out_h, out_w = gathered.shape[2], gathered.shape[3]
     out = torch.full((batch, groups * group_rows, out_h, out_w), float("nan"), dtype=x.dtype)
     memory = _Memory(gathered=gathered.contiguous(), weight=weight, out=out)
@@ -204,7 +206,7 @@ def _conv_through_cublas(x, weight, columns, geometry, call):
 def test_conv_gemm_arguments_compute_the_group_sparse_conv(case):
     x, weight, columns, geometry = _conv_problem(case)
     batch, groups, group_rows, kept = x.shape[0], *weight.shape
-    out_h, out_w = cpu.conv_output_size(x.shape[2], x.shape[3], geometry)
+    out_h, out_w = conv_output_size(x.shape[2], x.shape[3], geometry)
     call = conv_gemm(batch, groups, group_rows, kept, out_h * out_w)
 
     out = _conv_through_cublas(x, weight, columns, geometry, call)
@@ -218,7 +220,7 @@ def test_conv_gemm_arguments_compute_the_group_sparse_conv(case):
 def test_conv_strided_per_image_and_grouped_agree(case):
     x, weight, columns, geometry = _conv_problem(case)
     groups, group_rows, kept = weight.shape
-    out_h, out_w = cpu.conv_output_size(x.shape[2], x.shape[3], geometry)
+    out_h, out_w = conv_output_size(x.shape[2], x.shape[3], geometry)
     pixels = out_h * out_w
     strided = conv_strided_gemm(groups, group_rows, kept, pixels)
     per_image = torch.cat(
@@ -245,7 +247,7 @@ def test_conv_gemm_is_strided_for_one_image_and_grouped_for_several():
 def test_grouped_conv_pointers_meet_cublas_alignment_rule(element_bytes):
     for case in CONV_CASES:
         batch, _, height, width, groups, group_rows, kept, geometry = case
-        out_h, out_w = cpu.conv_output_size(height, width, geometry)
+        out_h, out_w = conv_output_size(height, width, geometry)
         _check_grouped_alignment(
             conv_grouped_gemm(max(batch, 2), groups, group_rows, kept, out_h * out_w), element_bytes
         )
@@ -401,7 +403,7 @@ def test_gather_conv_kernel_matches_cpu_gather(host_kernels, case, dtype_name):
     x, weight, columns, geometry = _conv_problem(case, dtype=_DTYPES[dtype_name], seed=2)
     batch, channels, height, width = x.shape
     groups, group_rows, kept = weight.shape
-    expected = cpu.gather_conv_columns(x, columns, geometry)
+    expected = torch_ops.gather_conv_columns(x, columns, geometry)
     out_h, out_w = expected.shape[2], expected.shape[3]
     pixels, rows = out_h * out_w, groups * kept
     table = conv_gather_table(columns, geometry, height, width)

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from groupsparse.runtime.cpu import conv_output_size
 from groupsparse.runtime.cuda import conv_gather_table
+from groupsparse.runtime.geometry import conv_output_size
 from tests.sparsify import dense_from_groups, random_group_columns
 
 pytest.importorskip("triton")

@@ -1,0 +1,105 @@
+// The group-sparse conv2d on the CPU: per tile of output pixels and per group, the group's kept
+// im2col columns are gathered into a panel that stays in cache (in the layout oneDNN's brgemm
+// reads: VNNI pairs for 16-bit types), multiplied by the group's weights (G x k) with
+// at::native::cpublas::brgemm, and stored with the bias, the shortcut and the ReLU in one pass.
+// oneDNN JIT-compiles brgemm for the CPU it runs on (AVX2, AVX-512, AVX512-BF16, AMX).
+
+#include <ATen/Parallel.h>
+
+#include "common.h"
+#include "kernels.h"
+
+namespace groupsparse {
+namespace {
+
+// output pixels per tile: the panel (k columns x tile pixels) about kPanelBytes, at least 16
+// pixels, balanced over the image, a multiple of 16 where the image allows
+constexpr int64_t kPanelBytes = 96 * 1024;
+
+int64_t tile_pixels(int64_t pixels, int64_t kept, int64_t item) {
+  const int64_t budget = std::max<int64_t>(16, kPanelBytes / std::max<int64_t>(kept * item, 1));
+  const int64_t tiles = ceil_div(pixels, std::min<int64_t>(budget, 512));
+  const int64_t tile = ceil_div(pixels, tiles);
+  return std::min(pixels, ceil_div(tile, 16) * 16);
+}
+
+template <typename T>
+void run(const ConvArgs& args) {
+  const ConvGeometry& g = args.geometry;
+  const int64_t batch = args.x.size(0), channels = args.x.size(1);
+  const int64_t height = args.x.size(2), width = args.x.size(3);
+  const int64_t out_h = g.out_h(height), out_w = g.out_w(width), pixels = out_h * out_w;
+  const int64_t groups = args.weight.size(0), rows = args.weight.size(1), kept = args.weight.size(2);
+  const int64_t out_channels = args.out.size(1);
+  const T* x = args.x.data_ptr<T>();
+  const T* weight = args.weight.data_ptr<T>();
+  const T* bias = args.bias ? args.bias->data_ptr<T>() : nullptr;
+  const T* residual = args.residual ? args.residual->data_ptr<T>() : nullptr;
+  T* out = args.out.data_ptr<T>();
+
+  // each kept column's plane and tap shift, once per call (groups * k entries)
+  std::vector<Tap> taps(static_cast<size_t>(groups * kept));
+  const int64_t* columns = args.columns.data_ptr<int64_t>();
+  const int64_t window = g.kh * g.kw;
+  for (int64_t i = 0; i < groups * kept; ++i) {
+    const int64_t column = columns[i], channel = column / window, tap = column % window;
+    TORCH_CHECK(column >= 0 && channel < channels, "groupsparse.conv2d: kept column ", column,
+                " is outside the layer's ", channels * window, " im2col columns");
+    taps[i] = {channel * height * width, (tap / g.kw) * g.dh - g.top, (tap % g.kw) * g.dw - g.left};
+  }
+
+  const int64_t tile = tile_pixels(pixels, kept, sizeof(T));
+  const int64_t tiles = ceil_div(pixels, tile);
+  const int64_t pairs = paired<T>(kept);
+  // work items: (image, tile, group), groups innermost so that a tile's input stays in cache
+  at::parallel_for(0, batch * tiles * groups, 1, [&](int64_t begin, int64_t end) {
+    thread_local Scratch panel_scratch, c_scratch;
+    T* panel = panel_scratch.get<T>((kept + 1) * tile);
+    float* scratch = c_scratch.get<float>(rows * tile);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t group = item % groups, image = item / (groups * tiles);
+      const int64_t first = (item / groups) % tiles * tile;
+      const int64_t n = std::min(tile, pixels - first);
+      const int64_t m = std::min(rows, out_channels - group * rows);
+      if (m <= 0) continue;
+      const T* source = x + image * channels * height * width;
+      const Tap* group_taps = taps.data() + group * kept;
+      for (int64_t j = 0; j < kept; ++j) {
+        int64_t stride = 1;
+        T* dst = (kVnni<T> && j == pairs) ? panel + pairs * n : panel_row(panel, j, n, &stride);
+        gather_column(source + group_taps[j].plane, height, width, group_taps[j], g, out_w,
+                      first, n, dst, stride);
+      }
+      T* target = out + (image * out_channels + group * rows) * pixels + first;
+      // float32 writes the product straight into the output; others through a float tile
+      float* c = std::is_same_v<T, float> ? reinterpret_cast<float*>(target) : scratch;
+      const int64_t ldc = std::is_same_v<T, float> ? pixels : n;
+      const T* a = weight + group * rows * kept;
+      if (pairs > 0) {
+        brgemm(m, n, pairs, kept, n, ldc, a, panel, c);
+      } else {
+        for (int64_t r = 0; r < m; ++r) std::fill(c + r * ldc, c + r * ldc + n, 0.f);
+      }
+      if (pairs < kept) add_last_column(m, n, kept, a, panel + pairs * n, c, ldc);
+      const T* shortcut =
+          residual ? residual + (image * out_channels + group * rows) * pixels + first : nullptr;
+      store(c, ldc, target, pixels, m, n, bias ? bias + group * rows : nullptr,
+            static_cast<const T*>(nullptr), shortcut,
+            args.relu);
+    }
+    brgemm_done<T>();
+  });
+}
+
+}  // namespace
+
+void grouped_conv2d(const ConvArgs& args) {
+  switch (args.x.scalar_type()) {
+    case at::kFloat: return run<float>(args);
+    case at::kBFloat16: return run<at::BFloat16>(args);
+    case at::kHalf: return run<at::Half>(args);
+    default: TORCH_CHECK(false, "groupsparse.conv2d: no CPU kernel for ", args.x.scalar_type());
+  }
+}
+
+}  // namespace groupsparse
