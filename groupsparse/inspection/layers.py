@@ -10,7 +10,8 @@ import torch
 from torch import fx
 
 from ..compiler import ReportRow, SparseModule
-from ..passes import CompileContext, CompileOptions
+from ..layers import gemm_view
+from ..passes import CompileContext, CompileOptions, PrunableLayer
 from ..passes.common import (
     CONV_FUNCTIONS,
     LINEAR_FUNCTIONS,
@@ -95,8 +96,8 @@ def _rewritten_mask(
     return mask, weight
 
 
-def _dense_weight(graph_module: fx.GraphModule, node: fx.Node | None) -> torch.Tensor | None:
-    """The weight of a layer left dense, read from the graph as find_prunable reads it."""
+def _dense_layer(graph_module: fx.GraphModule, node: fx.Node | None) -> PrunableLayer | None:
+    """The record of a layer left dense, read from the graph as find_prunable reads it."""
     layer = None
     if node is None:
         return None
@@ -108,13 +109,20 @@ def _dense_weight(graph_module: fx.GraphModule, node: fx.Node | None) -> torch.T
         layer = function_layer(
             graph_module, node, CompileContext(options=CompileOptions(), example_inputs=())
         )
-    return None if layer is None else layer.weight.detach()
+    return layer
 
 
-def _given_mask(masks: Mapping[str, torch.Tensor], row: ReportRow) -> torch.Tensor | None:
+def _given_mask(
+    masks: Mapping[str, torch.Tensor], row: ReportRow, transposed: bool
+) -> torch.Tensor | None:
+    """The mask given for the layer, on its (M, K) view; masks are in the parameter's shape,
+    (in, out) for a transposed layer (transformers' Conv1D)."""
     for key in (f"{row.name}.weight", row.name):
         if key in masks:
-            return torch.as_tensor(masks[key]).reshape(row.shape).to(torch.bool).cpu()
+            mask = torch.as_tensor(masks[key])
+            if transposed:
+                return gemm_view(mask.reshape(row.shape[::-1]), "transposed_linear").bool().cpu()
+            return mask.reshape(row.shape).to(torch.bool).cpu()
     return None
 
 
@@ -126,8 +134,9 @@ def _mask_and_weight(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if node is not None and row.decision == "sparse":
         return _rewritten_mask(graph_module, node)
-    weight = _dense_weight(graph_module, node)
-    mask = _given_mask(masks, row)
+    layer = _dense_layer(graph_module, node)
+    weight = None if layer is None else layer.weight.detach()
+    mask = _given_mask(masks, row, layer is not None and layer.transposed)
     if mask is None and weight is not None:
         mask = (weight.reshape(row.shape) != 0).cpu()
     return mask, weight

@@ -10,6 +10,7 @@ from .fold_batchnorm import fold_batchnorm
 from .fold_permutation import fold_permutation
 from .fuse_relu import fuse_relu
 from .fuse_residual import fuse_residual
+from .normalize_addmm import normalize_addmm
 from .plan import LayerPlan, plan
 from .propagate_inputs import propagate_inputs
 from .restride_conv_inputs import restride_conv_inputs
@@ -31,6 +32,7 @@ __all__ = [
     "fold_permutation",
     "fuse_relu",
     "fuse_residual",
+    "normalize_addmm",
     "plan",
     "propagate_inputs",
     "restride_conv_inputs",
