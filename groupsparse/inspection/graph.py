@@ -14,7 +14,7 @@ import torch
 from torch import fx
 
 from ..compiler import ReportRow
-from ..passes.common import META_PLAN
+from ..passes.common import META_PLAN, META_SKIPPED
 
 if TYPE_CHECKING:
     import graphviz
@@ -87,10 +87,10 @@ def graph_dot(graph_module: fx.GraphModule, rows: Mapping[str, ReportRow]) -> gr
     for node in graph_module.graph.nodes:
         if node.op == "get_attr":
             continue
-        plan = node.meta.get(META_PLAN)
+        layer = node.meta.get(META_PLAN) or node.meta.get(META_SKIPPED)
         op = _op_label(graph_module, node)
-        if plan is not None and plan.name in rows:
-            attributes = _layer_attributes(rows[plan.name], op.split("\n")[0])
+        if layer is not None and layer.name in rows:
+            attributes = _layer_attributes(rows[layer.name], op.split("\n")[0])
         elif node.op in ("placeholder", "output"):
             attributes = {"label": op, "shape": "ellipse"}
         else:

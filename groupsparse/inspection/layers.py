@@ -16,6 +16,7 @@ from ..passes.common import (
     CONV_FUNCTIONS,
     LINEAR_FUNCTIONS,
     META_PLAN,
+    META_SKIPPED,
     function_layer,
     module_layer,
 )
@@ -48,12 +49,14 @@ class LayerInspection:
 
 
 def layer_nodes(graph_module: fx.GraphModule) -> dict[str, fx.Node]:
-    """{layer name: the graph node that runs it} for every layer the compiler planned."""
-    return {
-        node.meta[META_PLAN].name: node
-        for node in graph_module.graph.nodes
-        if META_PLAN in node.meta
-    }
+    """{layer name: the graph node that runs it} for every layer the compiler planned or left
+    as it is (excluded, weight computed in forward)."""
+    nodes = {}
+    for node in graph_module.graph.nodes:
+        record = node.meta.get(META_PLAN) or node.meta.get(META_SKIPPED)
+        if record is not None:
+            nodes[record.name] = node
+    return nodes
 
 
 def _attribute(graph_module: fx.GraphModule, node: fx.Node) -> torch.Tensor:
@@ -153,7 +156,8 @@ def _group_kept(mask: torch.Tensor | None, row: ReportRow) -> tuple[int, ...]:
 
 def _bytes(row: ReportRow, group_kept: tuple[int, ...], element_size: int) -> tuple[int, int]:
     rows, columns = row.shape
-    positions = row.flops_dense // (2 * rows * columns)  # output positions (N*H*W or tokens)
+    # output positions (N*H*W or tokens); a call left as it is counts no FLOPs, so 0
+    positions = row.flops_dense // max(1, 2 * rows * columns)
     dense = (rows * columns + columns * positions + rows * positions) * element_size
     if row.decision != "sparse" or not group_kept:
         return dense, dense

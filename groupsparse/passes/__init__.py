@@ -5,7 +5,7 @@ The pipeline (groupsparse.compiler.pipeline) lists them in order; see README.md 
 from .analyze import LayerStructure, analyze, structure_of
 from .cleanup import cleanup
 from .common import CompileContext, CompileOptions, PrunableLayer, Refusal
-from .find_prunable import find_prunable
+from .find_prunable import SkippedLayer, find_prunable
 from .fold_batchnorm import fold_batchnorm
 from .fold_permutation import fold_permutation
 from .fuse_relu import fuse_relu
@@ -25,6 +25,7 @@ __all__ = [
     "LayerStructure",
     "PrunableLayer",
     "Refusal",
+    "SkippedLayer",
     "analyze",
     "cleanup",
     "find_prunable",
