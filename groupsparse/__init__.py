@@ -2,7 +2,7 @@
 
 from .compiler import Report, SparseModule, compile_sparse
 from .inspection import Inspection, inspect
-from .layers import from_gemm_view, gemm_view, prunable_layers
+from .layers import from_gemm_view, gemm_view, layer_kind, prunable_layers
 from .patterns import (
     BlockWise,
     ElementWise,
@@ -47,6 +47,7 @@ __all__ = [
     "from_gemm_view",
     "gemm_view",
     "inspect",
+    "layer_kind",
     "prunable_layers",
     "prune",
     "resolve_criterion",

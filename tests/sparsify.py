@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from groupsparse.layers import gemm_view, prunable_layers
+from groupsparse.layers import from_gemm_view, gemm_view, prunable_layers
 from groupsparse.patterns import GroupWise
 
 
@@ -18,12 +18,12 @@ def group_sparsify(
     masks = {}
     pattern = GroupWise(group_size=group_size, balanced=balanced)
     for name, module in prunable_layers(model):
-        matrix = gemm_view(module.weight.data)
+        matrix = gemm_view(module.weight.data, kind=module)  # a view: written in place
         scores = torch.rand(matrix.shape, generator=generator)
         mask = pattern.mask(scores, sparsity)
         with torch.no_grad():
             matrix.mul_(mask.to(matrix.dtype))
-        masks[f"{name}.weight"] = mask.reshape(module.weight.shape)
+        masks[f"{name}.weight"] = from_gemm_view(mask, module.weight.shape, kind=module)
     return masks
 
 

@@ -105,10 +105,21 @@ def test_inspect_saved_prints_table_steps_and_diff(saved, capsys):
     )
 
 
-def test_inspect_html_writes_valid_svg_png_and_a_page_chromium_loads(saved, tmp_path, capsys):
-    needs_dot()
+@pytest.mark.parametrize("graphviz", ["dot", "no dot"])
+def test_inspect_html_writes_valid_svg_png_and_a_page_chromium_loads(
+    saved, tmp_path, capsys, monkeypatch, graphviz
+):
+    """With Graphviz's dot, and with pip packages alone (dot hidden from PATH: the graph is
+    drawn by the pure-Python layout)."""
+    pytest.importorskip("matplotlib", reason="the heatmaps need matplotlib (groupsparse[viz])")
+    if graphviz == "dot":
+        needs_dot()
+    else:
+        (tmp_path / "empty").mkdir()
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     out = tmp_path / "report"
     assert cli.main(["inspect", str(saved[1]), "--html", str(out)]) == 0
+    monkeypatch.undo()  # PATH back, for chromium
     assert f"HTML report: {out / 'index.html'}" in capsys.readouterr().out
     svg = parse_svg((out / "graph.svg").read_text(encoding="utf-8"))
     labels = {text.text for text in svg.iter("{http://www.w3.org/2000/svg}text")}

@@ -81,11 +81,9 @@ def groupsparse_backend(
         raise ValueError("decide='time' needs real example inputs; use decide='cost' here")
     gm = run_pipeline(gm, context)
     if "report" in options:
-        from ..passes.common import META_PLAN
-        from .report import Report, ReportRow
+        from .report import Report
 
-        plans = [node.meta[META_PLAN] for node in gm.graph.nodes if META_PLAN in node.meta]
-        options["report"].append(Report([ReportRow.from_plan(p) for p in plans], capture="dynamo"))
+        options["report"].append(Report.from_graph(gm, capture="dynamo"))
     if inductor:
         from torch._dynamo.source import ConstantSource
         from torch._inductor.compile_fx import compile_fx

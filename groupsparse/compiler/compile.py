@@ -18,7 +18,7 @@ from ..passes.common import META_INPUT, META_LAYER, META_PLAN, META_STRUCTURE
 from .capture import capture
 from .cuda_graph import GraphReplay
 from .pipeline import run_pipeline
-from .report import Report, ReportRow
+from .report import Report
 
 __all__ = ["SparseModule", "compile_sparse"]
 
@@ -205,7 +205,10 @@ def compile_sparse(
     """Compile a pruned model: group-wise sparse conv2d/linear layers become one gather plus
     one grouped GEMM each; every other layer, and any that would not be faster, stays dense.
 
-    The model is not changed: the result is a new module, for inference (eval mode).
+    The model is not changed: the result is a new module, for inference (eval mode). A model
+    with nothing to rewrite (every layer dense, excluded, or with weights computed in
+    forward) compiles to an equivalent module whose report says why for each conv/linear
+    call; only a model with no conv or linear call at all is refused.
 
     Args:
         model: the pruned model (zeros in its weights, or ``masks``).
@@ -282,14 +285,12 @@ def _compile(
             context,
             on_step=lambda name, graph_module, _: steps.append((name, graph_module.code)),
         )
-    plans = [node.meta[META_PLAN] for node in gm.graph.nodes if META_PLAN in node.meta]
-    if not plans:
+    report = Report.from_graph(gm, capture=how)
+    if not report.rows:
         raise ValueError(
-            f"{type(model).__name__} has no conv or linear layer with constant weights"
-            + (f" left after exclude={list(exclude)}" if exclude else "")
-            + ": compile_sparse rewrites nn.Conv2d/nn.Linear (or F.conv2d/F.linear on parameters)"
+            f"{type(model).__name__} has no conv or linear layer: compile_sparse rewrites "
+            "nn.Conv2d/nn.Linear, F.conv2d/F.linear and transformers' Conv1D"
         )
-    report = Report([ReportRow.from_plan(p) for p in plans], capture=how)
     _forget_plan_tensors(gm)
     return SparseModule(gm, report, steps, cuda_graph=cuda_graph)
 

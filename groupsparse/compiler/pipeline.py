@@ -16,6 +16,7 @@ from ..passes import (
     fold_permutation,
     fuse_relu,
     fuse_residual,
+    normalize_addmm,
     plan,
     prepare_weights,
     propagate_inputs,
@@ -29,6 +30,7 @@ from ..passes import (
 __all__ = ["PIPELINE", "PassError", "run_pipeline"]
 
 PIPELINE: tuple[tuple[str, Callable[[fx.GraphModule, CompileContext], Any]], ...] = (
+    ("normalize_addmm", normalize_addmm),  # Conv1D's addmm(b, x, W) is linear(x, W.t(), b)
     ("find_prunable", find_prunable),  # which calls are conv/linear with weights we can read
     ("propagate_inputs", propagate_inputs),  # each layer's real input: shapes, dtype, timing data
     ("analyze", analyze),  # the structure in each mask: group size and kept columns

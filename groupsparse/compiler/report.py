@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..passes import LayerPlan
+from torch import fx
+
+from ..passes import LayerPlan, SkippedLayer
+from ..passes.common import META_PLAN, META_SKIPPED
 
 __all__ = ["Report", "ReportRow"]
 
@@ -37,6 +40,16 @@ class ReportRow:
             dense_ms=plan.dense_ms, sparse_ms=plan.sparse_ms,
         )  # fmt: skip
 
+    @classmethod
+    def from_skipped(cls, skipped: SkippedLayer) -> ReportRow:
+        """A conv/linear call the compiler left as it is (excluded, or weights computed in
+        forward): dense, with the reason; its FLOPs are not counted."""
+        return cls(
+            name=skipped.name, op=skipped.kind, shape=skipped.shape, pattern="-", groups=0,
+            group_size=0, kept_fraction=skipped.kept_fraction, flops_dense=0, flops_sparse=0,
+            decision="dense", kernel="dense", reason=skipped.reason, dense_ms=None, sparse_ms=None,
+        )  # fmt: skip
+
 
 def _flops(value: int) -> str:
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
@@ -51,6 +64,18 @@ class Report:
     def __init__(self, rows: list[ReportRow], capture: str = "") -> None:
         self.rows = list(rows)
         self.capture = capture
+
+    @classmethod
+    def from_graph(cls, gm: fx.GraphModule, capture: str = "") -> Report:
+        """A row for every conv/linear call of a compiled graph, in graph order: each planned
+        layer, and each call the compiler left as it is with the reason."""
+        rows = []
+        for node in gm.graph.nodes:
+            if META_PLAN in node.meta:
+                rows.append(ReportRow.from_plan(node.meta[META_PLAN]))
+            elif META_SKIPPED in node.meta:
+                rows.append(ReportRow.from_skipped(node.meta[META_SKIPPED]))
+        return cls(rows, capture=capture)
 
     def __iter__(self):
         return iter(self.rows)

@@ -4,7 +4,6 @@ each pipeline step, a before/after diff, and an HTML page with pictures."""
 from __future__ import annotations
 
 import difflib
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -153,15 +152,11 @@ class Inspection:
             ]
         )
 
-    def graph_svg(self) -> str:
-        """The rewritten graph as SVG (needs the graphviz package and Graphviz's ``dot``)."""
-        if shutil.which("dot") is None:
-            raise RuntimeError(
-                "drawing the graph needs Graphviz's `dot` program; install it "
-                "(Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)"
-            )
+    def graph_svg(self, engine: str = "auto") -> str:
+        """The rewritten graph as SVG: drawn by Graphviz's ``dot`` where it is installed, else
+        by the pure-Python layered layout (``engine``: "auto", "dot" or "python")."""
         return graph_svg(
-            self.compiled.graph_module, {layer.name: layer.row for layer in self.layers}
+            self.compiled.graph_module, {layer.name: layer.row for layer in self.layers}, engine
         )
 
     def heatmap_png(self, layer: str) -> bytes:
@@ -179,12 +174,14 @@ class Inspection:
         title = f"{row.name}\n{row.pattern}{groups}, kept {row.kept_fraction:.0%}, {row.decision}"
         return mask_png(found.mask, size, title)
 
-    def to_html(self, directory: str | Path) -> Path:
+    def to_html(self, directory: str | Path, engine: str = "auto") -> Path:
         """Write ``graph.svg``, ``masks/<layer>.png`` and the self-contained ``index.html``
-        (SVG inline, PNGs as data URIs) into ``directory``; returns the page's path."""
+        (SVG inline, PNGs as data URIs) into ``directory``; returns the page's path. Needs
+        matplotlib (``pip install groupsparse[viz]``); the graph is drawn as ``graph_svg``
+        draws it."""
         directory = Path(directory)
         (directory / "masks").mkdir(parents=True, exist_ok=True)
-        svg = self.graph_svg()
+        svg = self.graph_svg(engine)
         (directory / "graph.svg").write_text(svg, encoding="utf-8")
         heatmaps = {}
         for layer in self.layers:

@@ -10,11 +10,13 @@ import torch
 from torch import fx
 
 from ..compiler import ReportRow, SparseModule
-from ..passes import CompileContext, CompileOptions
+from ..layers import gemm_view
+from ..passes import CompileContext, CompileOptions, PrunableLayer
 from ..passes.common import (
     CONV_FUNCTIONS,
     LINEAR_FUNCTIONS,
     META_PLAN,
+    META_SKIPPED,
     function_layer,
     module_layer,
 )
@@ -47,12 +49,14 @@ class LayerInspection:
 
 
 def layer_nodes(graph_module: fx.GraphModule) -> dict[str, fx.Node]:
-    """{layer name: the graph node that runs it} for every layer the compiler planned."""
-    return {
-        node.meta[META_PLAN].name: node
-        for node in graph_module.graph.nodes
-        if META_PLAN in node.meta
-    }
+    """{layer name: the graph node that runs it} for every layer the compiler planned or left
+    as it is (excluded, weight computed in forward)."""
+    nodes = {}
+    for node in graph_module.graph.nodes:
+        record = node.meta.get(META_PLAN) or node.meta.get(META_SKIPPED)
+        if record is not None:
+            nodes[record.name] = node
+    return nodes
 
 
 def _attribute(graph_module: fx.GraphModule, node: fx.Node) -> torch.Tensor:
@@ -95,8 +99,8 @@ def _rewritten_mask(
     return mask, weight
 
 
-def _dense_weight(graph_module: fx.GraphModule, node: fx.Node | None) -> torch.Tensor | None:
-    """The weight of a layer left dense, read from the graph as find_prunable reads it."""
+def _dense_layer(graph_module: fx.GraphModule, node: fx.Node | None) -> PrunableLayer | None:
+    """The record of a layer left dense, read from the graph as find_prunable reads it."""
     layer = None
     if node is None:
         return None
@@ -108,13 +112,20 @@ def _dense_weight(graph_module: fx.GraphModule, node: fx.Node | None) -> torch.T
         layer = function_layer(
             graph_module, node, CompileContext(options=CompileOptions(), example_inputs=())
         )
-    return None if layer is None else layer.weight.detach()
+    return layer
 
 
-def _given_mask(masks: Mapping[str, torch.Tensor], row: ReportRow) -> torch.Tensor | None:
+def _given_mask(
+    masks: Mapping[str, torch.Tensor], row: ReportRow, transposed: bool
+) -> torch.Tensor | None:
+    """The mask given for the layer, on its (M, K) view; masks are in the parameter's shape,
+    (in, out) for a transposed layer (transformers' Conv1D)."""
     for key in (f"{row.name}.weight", row.name):
         if key in masks:
-            return torch.as_tensor(masks[key]).reshape(row.shape).to(torch.bool).cpu()
+            mask = torch.as_tensor(masks[key])
+            if transposed:
+                return gemm_view(mask.reshape(row.shape[::-1]), "transposed_linear").bool().cpu()
+            return mask.reshape(row.shape).to(torch.bool).cpu()
     return None
 
 
@@ -126,8 +137,9 @@ def _mask_and_weight(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     if node is not None and row.decision == "sparse":
         return _rewritten_mask(graph_module, node)
-    weight = _dense_weight(graph_module, node)
-    mask = _given_mask(masks, row)
+    layer = _dense_layer(graph_module, node)
+    weight = None if layer is None else layer.weight.detach()
+    mask = _given_mask(masks, row, layer is not None and layer.transposed)
     if mask is None and weight is not None:
         mask = (weight.reshape(row.shape) != 0).cpu()
     return mask, weight
@@ -144,7 +156,8 @@ def _group_kept(mask: torch.Tensor | None, row: ReportRow) -> tuple[int, ...]:
 
 def _bytes(row: ReportRow, group_kept: tuple[int, ...], element_size: int) -> tuple[int, int]:
     rows, columns = row.shape
-    positions = row.flops_dense // (2 * rows * columns)  # output positions (N*H*W or tokens)
+    # output positions (N*H*W or tokens); a call left as it is counts no FLOPs, so 0
+    positions = row.flops_dense // max(1, 2 * rows * columns)
     dense = (rows * columns + columns * positions + rows * positions) * element_size
     if row.decision != "sparse" or not group_kept:
         return dense, dense

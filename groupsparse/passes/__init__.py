@@ -5,11 +5,12 @@ The pipeline (groupsparse.compiler.pipeline) lists them in order; see README.md 
 from .analyze import LayerStructure, analyze, structure_of
 from .cleanup import cleanup
 from .common import CompileContext, CompileOptions, PrunableLayer, Refusal
-from .find_prunable import find_prunable
+from .find_prunable import SkippedLayer, find_prunable
 from .fold_batchnorm import fold_batchnorm
 from .fold_permutation import fold_permutation
 from .fuse_relu import fuse_relu
 from .fuse_residual import fuse_residual
+from .normalize_addmm import normalize_addmm
 from .plan import LayerPlan, plan
 from .prepare_weights import prepare_weights
 from .propagate_inputs import propagate_inputs
@@ -26,6 +27,7 @@ __all__ = [
     "LayerStructure",
     "PrunableLayer",
     "Refusal",
+    "SkippedLayer",
     "analyze",
     "cleanup",
     "find_prunable",
@@ -33,6 +35,7 @@ __all__ = [
     "fold_permutation",
     "fuse_relu",
     "fuse_residual",
+    "normalize_addmm",
     "plan",
     "prepare_weights",
     "propagate_inputs",

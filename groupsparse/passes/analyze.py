@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from ..layers import gemm_view
 from .common import META_LAYER, META_STRUCTURE, CompileContext, PrunableLayer
 
 __all__ = ["LayerStructure", "analyze", "structure_of"]
@@ -120,7 +121,10 @@ def _mask_for(layer: PrunableLayer, context: CompileContext) -> tuple[torch.Tens
                     f"the mask given for {key!r} has shape {tuple(mask.shape)}, but the weight "
                     f"has shape {tuple(layer.weight.shape)}"
                 )
-            return mask.reshape(rows, columns).to(torch.bool).cpu(), "masks"
+            # masks are in the parameter's own shape: (in, out) for a transposed layer
+            stored = (columns, rows) if layer.transposed else (rows, columns)
+            kind = "transposed_linear" if layer.transposed else None
+            return gemm_view(mask.reshape(stored), kind).to(torch.bool).cpu(), "masks"
     return (layer.weight.reshape(rows, columns) != 0).cpu(), "zeros"
 
 

@@ -18,13 +18,16 @@ __all__ = [
     "META_INPUT",
     "META_LAYER",
     "META_PLAN",
+    "META_SKIPPED",
     "META_STRUCTURE",
+    "TRANSPOSE_FUNCTIONS",
     "CompileContext",
     "CompileOptions",
     "PrunableLayer",
     "Refusal",
     "constant_value",
     "is_relu",
+    "is_transpose",
     "layers_in",
 ]
 
@@ -33,6 +36,7 @@ META_LAYER = "groupsparse.layer"
 META_INPUT = "groupsparse.input"
 META_STRUCTURE = "groupsparse.structure"
 META_PLAN = "groupsparse.plan"
+META_SKIPPED = "groupsparse.skipped"
 
 _aten = torch.ops.aten
 # the .padding overloads are how torch.export records padding="same" / "valid"
@@ -42,6 +46,7 @@ CONV_FUNCTIONS: dict[Any, int] = {
     torch.conv3d: 3, F.conv3d: 3, _aten.conv3d.default: 3, _aten.conv3d.padding: 3,
 }  # fmt: skip
 LINEAR_FUNCTIONS = {F.linear, torch._C._nn.linear, _aten.linear.default}
+TRANSPOSE_FUNCTIONS = {torch.t, _aten.t.default}
 
 
 class Refusal(str):
@@ -121,6 +126,9 @@ class PrunableLayer:
     dilation: tuple[int, ...] = ()
     groups: int = 1
     padding_mode: str = "zeros"
+    # the parameter is stored (in, out), as transformers' Conv1D, and ``weight`` is its
+    # transpose: masks given for the parameter are transposed to the (M, K) view
+    transposed: bool = False
 
     @property
     def gemm_shape(self) -> tuple[int, int]:
@@ -155,9 +163,19 @@ def readable_placeholder_name(node: fx.Node) -> str:
     return ".".join(parts) if parts else node.name
 
 
+def is_transpose(node: Any) -> bool:
+    """``node`` transposes a matrix: ``torch.t``, ``aten.t`` or the ``.t()`` method."""
+    if not isinstance(node, fx.Node):
+        return False
+    if node.op == "call_method":
+        return node.target == "t"
+    return node.op == "call_function" and node.target in TRANSPOSE_FUNCTIONS
+
+
 def constant_value(gm: fx.GraphModule, node: Any, context: CompileContext) -> torch.Tensor | None:
     """The value of a weight argument when it is a constant of the graph: a get_attr, a lifted
-    parameter, or a product of those (torch.nn.utils.prune's ``weight_orig * weight_mask``)."""
+    parameter, a product of those (torch.nn.utils.prune's ``weight_orig * weight_mask``), or
+    the transpose of one (transformers' Conv1D, after normalize_addmm)."""
     if node is None:
         return None
     if not isinstance(node, fx.Node):
@@ -172,6 +190,9 @@ def constant_value(gm: fx.GraphModule, node: Any, context: CompileContext) -> to
         left, right = (constant_value(gm, arg, context) for arg in node.args[:2])
         if left is not None and right is not None:
             return left * right
+    if is_transpose(node):
+        value = constant_value(gm, node.args[0], context)
+        return None if value is None or value.dim() != 2 else value.t()
     return None
 
 
@@ -186,6 +207,8 @@ def constant_name(gm: fx.GraphModule, node: Any, context: CompileContext) -> str
     if node.op == "call_function" and node.target in (operator.mul, torch.mul, _aten.mul.Tensor):
         name = constant_name(gm, node.args[0], context)
         return name[: -len("_orig")] if name and name.endswith("_orig") else name
+    if is_transpose(node):
+        return constant_name(gm, node.args[0], context)
     return None
 
 
@@ -245,7 +268,7 @@ def function_layer(
     name = constant_name(gm, weight_node, context) or node.name
     name = name.removesuffix(".weight")
     if node.target in LINEAR_FUNCTIONS:
-        return PrunableLayer(name, "linear", weight, bias)
+        return PrunableLayer(name, "linear", weight, bias, transposed=is_transpose(weight_node))
     dims = CONV_FUNCTIONS[node.target]
     stride = kwargs.get("stride", args[3] if args[3] is not None else 1)
     padding = kwargs.get("padding", args[4] if args[4] is not None else 0)

@@ -5,7 +5,13 @@ when, and the Pruner keeps the masks on the model while it trains.
 >>> masks = gs.prune(model, pattern="group", sparsity=0.75, group_size=32)
 """
 
-from .allocation import ALLOCATIONS, EXCLUDE_RULES, global_allocation, select_layers
+from .allocation import (
+    ALLOCATIONS,
+    EXCLUDE_RULES,
+    global_allocation,
+    not_accelerated,
+    select_layers,
+)
 from .criteria import (
     CRITERION_NAMES,
     Criterion,
@@ -32,6 +38,7 @@ __all__ = [
     "Taylor",
     "existing_masks",
     "global_allocation",
+    "not_accelerated",
     "prune",
     "resolve_criterion",
     "select_layers",

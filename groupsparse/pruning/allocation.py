@@ -10,6 +10,9 @@
 
 Layers are excluded by name (a list of names or fnmatch globs), by rule (``"first"``,
 ``"last"``, ``"first_last"``, in registration order) or by a ``callable(name, module) -> bool``.
+By default the Pruner also skips the layers the compiler cannot make faster
+(:func:`not_accelerated`: grouped and depthwise convs, conv1d and conv3d, weights tied to an
+embedding or shared by two modules); ``accelerated_only=False`` prunes them too.
 
 >>> select_layers(model, exclude="first_last")
 {'features.3': Conv2d(...), 'classifier.0': Linear(...)}
@@ -25,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import PRUNABLE_TYPES, prunable_layers
+from ..layers import prunable_layers
 from ..patterns import (
     BlockWise,
     ElementWise,
@@ -45,7 +48,9 @@ __all__ = [
     "Exclude",
     "final_targets",
     "global_allocation",
+    "not_accelerated",
     "select_layers",
+    "skipped_summary",
 ]
 
 ALLOCATIONS = ("uniform", "global")
@@ -66,8 +71,10 @@ def select_layers(model: nn.Module, exclude: Exclude = None) -> dict[str, nn.Mod
     """{layer name: module} of the conv and linear layers to prune, after ``exclude``."""
     layers = dict(prunable_layers(model))
     if not layers:
-        kinds = ", ".join(f"nn.{kind.__name__}" for kind in PRUNABLE_TYPES)
-        raise ValueError(f"model has no prunable layer: groupsparse prunes {kinds}")
+        raise ValueError(
+            "model has no prunable layer: groupsparse prunes nn.Linear, nn.Conv1d, nn.Conv2d, "
+            "nn.Conv3d and transformers' Conv1D"
+        )
     excluded = _excluded(layers, exclude)
     selected = {name: module for name, module in layers.items() if name not in excluded}
     if not selected:
@@ -114,20 +121,92 @@ def _excluded(layers: Mapping[str, nn.Module], exclude: Exclude) -> set[str]:
     )
 
 
+def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
+    """{id(parameter): [(module name, module) that registers it directly]}."""
+    owners: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules():
+        for parameter in module._parameters.values():
+            if parameter is not None:
+                owners.setdefault(id(parameter), []).append((name, module))
+    return owners
+
+
+def _why_not_accelerated(
+    name: str, module: nn.Module, owners: Mapping[int, list[tuple[str, nn.Module]]]
+) -> str | None:
+    """Why the compiler cannot make ``module`` faster, or None when it can."""
+    others = [(other, owner) for other, owner in owners.get(id(module.weight), []) if other != name]
+    for other, owner in others:
+        if isinstance(owner, nn.Embedding):
+            return f"weight tied to embedding {other!r}"
+    if others:
+        return f"weight shared with {others[0][0]!r}"
+    if isinstance(module, (nn.Conv1d, nn.Conv3d)):
+        return f"{type(module).__name__.lower()} (only conv2d and linear are rewritten)"
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            return "grouped or depthwise conv (left dense by the compiler)"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} (only zero padding is rewritten)"
+    return None
+
+
+def not_accelerated(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, str]:
+    """{layer name: why} for the ``layers`` of ``model`` that compile_sparse cannot make faster:
+    grouped and depthwise convs, conv1d and conv3d, convs padded other than with zeros, and
+    weights tied to an embedding or shared by two modules (a tied LM head).
+
+    >>> not_accelerated(model, select_layers(model))
+    {'features.1.conv.0': 'grouped or depthwise conv (left dense by the compiler)'}
+    """
+    owners = _owners(model)
+    skipped = {}
+    for name, module in layers.items():
+        why = _why_not_accelerated(name, module, owners)
+        if why is not None:
+            skipped[name] = why
+    return skipped
+
+
+def skipped_summary(skipped: Mapping[str, str], total: int, shown: int = 4) -> str:
+    """A few lines saying which layers were left unpruned and why, grouped by reason."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in skipped.items():
+        by_reason.setdefault(why, []).append(name)
+    headline = (
+        f"{len(skipped)} of {total} conv/linear layers left unpruned, as the compiler cannot "
+        "make them faster (accelerated_only=False prunes them too, for size):"
+    )
+    lines = [headline]
+    for why, names in by_reason.items():
+        listed = ", ".join(names[:shown]) + (
+            f" (+{len(names) - shown} more)" if len(names) > shown else ""
+        )
+        lines.append(f"  {why}: {listed}")
+    return "\n".join(lines)
+
+
 def final_targets(
     allocation: Allocation,
     sparsity: float | None,
     layers: Mapping[str, nn.Module],
     all_layers: Iterable[str],
+    skipped: Mapping[str, str] | None = None,
 ) -> dict[str, float] | None:
     """{layer name: final sparsity} for a uniform or dict allocation, None for "global" (whose
     split depends on the scores). Validates everything; ``layers`` are the selected layers,
-    ``all_layers`` every prunable layer (to tell an excluded layer from an unknown one)."""
+    ``all_layers`` every prunable layer (to tell an excluded layer from an unknown one), and
+    ``skipped`` the layers left unpruned as the compiler cannot make them faster, and why."""
     if isinstance(allocation, Mapping):
         if sparsity is not None:
             sparsity = check_sparsity(sparsity)
         targets = {}
         for name, value in allocation.items():
+            if name in (skipped or {}):
+                raise ValueError(
+                    f"allocation: {name!r} is not pruned by default ({skipped[name]}); pass "
+                    "accelerated_only=False to prune it anyway"
+                )
             if name not in layers:
                 why = "is excluded" if name in set(all_layers) else "is not a conv or linear layer"
                 raise ValueError(f"allocation: {name!r} {why}; layers: {_names_hint(layers)}")

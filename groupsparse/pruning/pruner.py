@@ -14,6 +14,8 @@ Weights are not touched in forward hooks, so any number of forwards may run befo
 
 from __future__ import annotations
 
+import sys
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -22,9 +24,17 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from ..layers import gemm_shape, gemm_view, prunable_layers
+from ..layers import from_gemm_view, gemm_shape, gemm_view, layer_kind, out_first, prunable_layers
 from ..patterns import Pattern, VectorWise, resolve_pattern
-from .allocation import Allocation, Exclude, final_targets, global_allocation, select_layers
+from .allocation import (
+    Allocation,
+    Exclude,
+    final_targets,
+    global_allocation,
+    not_accelerated,
+    select_layers,
+    skipped_summary,
+)
 from .criteria import Criterion, resolve_criterion, taylor_saliency
 from .schedules import Gradual, OneShot, Schedule
 
@@ -41,6 +51,11 @@ def _weight_name(layer: str) -> str:
 class Pruner:
     """Masks on the weights of a model's conv and linear layers that follow a schedule.
 
+    By default only the layers the compiler can make faster are pruned: grouped and depthwise
+    convs, conv1d and conv3d, and weights tied to an embedding or shared by two modules are
+    left dense, with a warning that lists them and why (:attr:`skipped`).
+    ``accelerated_only=False`` prunes every conv and linear layer, for those who prune for size.
+
     Construction validates every argument (an error leaves the model as it was), then, when the
     schedule updates at step 0, computes the masks and zeroes the pruned weights. Call
     :meth:`step` once per training step, after ``optimizer.step()``; masks are recomputed when
@@ -48,7 +63,8 @@ class Pruner:
     steps. :meth:`remove` bakes the zeros in and detaches every hook.
 
     Args:
-        model: the module whose ``nn.Linear`` and ``nn.Conv1d/2d/3d`` weights are pruned.
+        model: the module whose ``nn.Linear``, ``nn.Conv1d/2d/3d`` and transformers' ``Conv1D``
+            weights are pruned.
         pattern: a :class:`~groupsparse.Pattern` or its name ("element", "vector", "block",
             "group", "filter", or an N:M string such as "2:4"); ``pattern_args`` go to it.
         sparsity: the final fraction of weights removed, in [0, 1). An N:M pattern fixes it.
@@ -62,6 +78,13 @@ class Pruner:
             the last update (call :meth:`step` after ``loss.backward()``). For more than one
             update, ``calibration`` must be iterable again (a list or a DataLoader).
         seed: the seed of ``criterion="random"``.
+        accelerated_only: skip the layers compile_sparse cannot make faster (default True);
+            False prunes them too.
+
+    Masks are in each weight's own shape; patterns apply to its (M, K) GEMM view (for
+    transformers' Conv1D, stored (in, out), the transpose). A :class:`Criterion` is handed
+    each weight output-first (:func:`~groupsparse.layers.out_first`: a Conv1D weight
+    transposed, (out, in)).
 
     Example::
 
@@ -99,6 +122,7 @@ class Pruner:
         calibration: Iterable[Any] | None = None,
         loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
         seed: int | None = None,
+        accelerated_only: bool = True,
         **pattern_args: Any,
     ) -> None:
         # Everything is checked before anything on the model changes.
@@ -110,9 +134,15 @@ class Pruner:
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be OneShot(...) or Gradual(...); got {schedule!r}")
         sparsity = _check_fixed_sparsity(pattern, sparsity, allocation, schedule)
+        if not isinstance(accelerated_only, bool):
+            raise TypeError(f"accelerated_only must be True or False; got {accelerated_only!r}")
         all_layers = [name for name, _ in prunable_layers(model)]
         layers = select_layers(model, exclude)
-        targets = final_targets(allocation, sparsity, layers, all_layers)
+        skipped = not_accelerated(model, layers) if accelerated_only else {}
+        if skipped and len(skipped) == len(layers):
+            raise ValueError("no layer left to prune: " + skipped_summary(skipped, len(all_layers)))
+        layers = {name: module for name, module in layers.items() if name not in skipped}
+        targets = final_targets(allocation, sparsity, layers, all_layers, skipped)
         if targets is not None:
             layers = {name: layers[name] for name in targets}
         _check_plain_weights(layers)
@@ -134,6 +164,8 @@ class Pruner:
         self._targets = targets  # {layer: final sparsity}, or None for global allocation
         self._layers = layers
         self._weights = {_weight_name(name): module.weight for name, module in layers.items()}
+        self._kinds = {_weight_name(name): layer_kind(module) for name, module in layers.items()}
+        self._skipped = skipped
         self._calibration = calibration
         self._loss_fn = loss_fn
         # "taylor" without calibration: sum |w * grad| in the gradient hooks between updates
@@ -165,6 +197,8 @@ class Pruner:
             masks, layer_sparsity = self._masks, self._layer_sparsity
         self._attach()
         self._apply(masks, layer_sparsity)
+        if skipped:
+            warnings.warn(skipped_summary(skipped, len(all_layers)), stacklevel=_user_frame())
 
     # -- what users read -------------------------------------------------------------------
 
@@ -172,6 +206,12 @@ class Pruner:
     def masks(self) -> dict[str, torch.Tensor]:
         """{parameter name: boolean mask of the weight's shape} (True = kept)."""
         return dict(self._masks)
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        """{layer name: why} of the layers left unpruned because the compiler cannot make them
+        faster (empty with ``accelerated_only=False``)."""
+        return dict(self._skipped)
 
     @property
     def layer_sparsities(self) -> dict[str, float]:
@@ -304,11 +344,10 @@ class Pruner:
             if layer_goal == 0:
                 mask = torch.ones_like(weight, dtype=torch.bool)
             else:
-                mask = (
-                    self.pattern.mask(scores[layer], layer_goal)
-                    .reshape(weight.shape)
-                    .to(weight.device)
-                )
+                name = _weight_name(layer)
+                mask = from_gemm_view(
+                    self.pattern.mask(scores[layer], layer_goal), weight.shape, self._kinds[name]
+                ).to(weight.device)
             masks[_weight_name(layer)] = mask
         return _same_on_every_rank(masks, layer_sparsity)
 
@@ -325,6 +364,9 @@ class Pruner:
                 saliency, seen = self._saliency, self._saliency_seen
             # under torch.distributed every rank saw its own batches: score with the sum
             saliency, ranks_seen, ranks = _sum_over_ranks(saliency, seen)
+            saliency = {
+                name: out_first(value, self._kinds[name]) for name, value in saliency.items()
+            }
             if ranks_seen < ranks:
                 on_ranks = "" if ranks == 1 else f" on {ranks - ranks_seen} of {ranks} ranks"
                 raise RuntimeError(
@@ -332,12 +374,16 @@ class Pruner:
                     "pruner.step() after loss.backward(), or pass calibration= and loss_fn= to "
                     "the Pruner"
                 )
-        scores = self.criterion.score(self._weights, saliency)
+        weights = {
+            name: out_first(weight, self._kinds[name]) for name, weight in self._weights.items()
+        }
+        scores = self.criterion.score(weights, saliency)
         result = {}
         for layer in self._layers:
             name = _weight_name(layer)
             layer_scores = scores[name]
-            expected = gemm_shape(self._weights[name].shape)
+            kind = self._kinds[name]
+            expected = gemm_shape(self._weights[name].shape, kind)
             if tuple(layer_scores.shape) != expected:
                 raise ValueError(
                     f"criterion {self.criterion!r} gave scores of shape {tuple(layer_scores.shape)} "
@@ -348,7 +394,9 @@ class Pruner:
                     f"criterion {self.criterion!r} gave negative or non-finite scores for {name!r} "
                     "(are the weights and gradients finite?)"
                 )
-            result[layer] = layer_scores * gemm_view(self._masks[name]).to(layer_scores.device)
+            result[layer] = layer_scores * gemm_view(self._masks[name], kind).to(
+                layer_scores.device
+            )
         return result
 
     def _apply(self, masks: dict[str, torch.Tensor], layer_sparsity: dict[str, float]) -> None:
@@ -381,6 +429,15 @@ class Pruner:
     def _check_attached(self, method: str) -> None:
         if not self._handles:
             raise RuntimeError(f"Pruner.{method}() after remove(): this Pruner is detached")
+
+
+def _user_frame() -> int:
+    """The ``stacklevel`` of the first caller outside groupsparse (gs.prune or Pruner's user),
+    so that a warning points at the user's line."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("groupsparse."):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _distributed() -> bool:
@@ -430,7 +487,10 @@ def _same_on_every_rank(
     shared = [layer_sparsity]
     torch.distributed.broadcast_object_list(shared, src=0)
     return (
-        {name: part.view_as(masks[name]).to(masks[name].device) for name, part in zip(names, parts)},
+        {
+            name: part.view_as(masks[name]).to(masks[name].device)
+            for name, part in zip(names, parts)
+        },
         shared[0],
     )
 
@@ -536,13 +596,16 @@ def prune(
     calibration: Iterable[Any] | None = None,
     loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
     seed: int | None = None,
+    accelerated_only: bool = True,
     **pattern_args: Any,
 ) -> dict[str, torch.Tensor]:
     """Prune ``model`` in one shot: zero its pruned weights in place and return the masks,
     {parameter name: boolean mask of the weight's shape} (True = kept).
 
     Arguments are those of :class:`Pruner`; "taylor" needs ``calibration`` and ``loss_fn``.
-    An error leaves the model as it was.
+    An error leaves the model as it was. By default the layers the compiler cannot make
+    faster are left dense, with a warning that lists them and why; ``accelerated_only=False``
+    prunes every conv and linear layer (for size).
 
     >>> masks = gs.prune(model, pattern="group", sparsity=0.75, group_size=32)
     >>> masks["features.0.weight"].shape == model.features[0].weight.shape
@@ -559,6 +622,7 @@ def prune(
         calibration=calibration,
         loss_fn=loss_fn,
         seed=seed,
+        accelerated_only=accelerated_only,
         **pattern_args,
     )
     pruner.remove()

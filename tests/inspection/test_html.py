@@ -1,5 +1,7 @@
 """Inspection.to_html: the graph as SVG, masks as PNG heatmaps, and one self-contained page
-that a real browser loads without console errors, showing every layer."""
+that a real browser loads without console errors, showing every layer. Every check runs with
+the graph drawn by Graphviz's ``dot`` (where installed) and by the pure-Python layout, forced
+by hiding ``dot`` from PATH."""
 
 from __future__ import annotations
 
@@ -11,20 +13,26 @@ import pytest
 import torch
 
 import groupsparse as gs
-from groupsparse.inspection.graph import DENSE_COLOR, REWRITTEN_COLOR, anchor
+from groupsparse.inspection.graph import DENSE_COLOR, REWRITTEN_COLOR, anchor, dot_available
 from tests.inspection.checks import load_in_browser, needs_dot, parse_svg, png_size
 
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-@pytest.fixture(scope="module")
-def written(small_cnn, tmp_path_factory):
-    """(inspection, directory) after to_html."""
-    needs_dot()
+@pytest.fixture(scope="module", params=["dot", "no dot"])
+def written(request, small_cnn, tmp_path_factory):
+    """(inspection, directory) after to_html, with Graphviz's dot or with dot hidden."""
+    pytest.importorskip("matplotlib", reason="the heatmaps need matplotlib (groupsparse[viz])")
     _, masks, compiled = small_cnn
     inspection = gs.inspect(compiled, masks=masks, title="small-cnn")
     directory = tmp_path_factory.mktemp("inspect")
-    assert inspection.to_html(directory) == directory / "index.html"
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "dot":
+            needs_dot()
+        else:  # a PATH without dot: what a pip-only install has
+            patch.setenv("PATH", str(tmp_path_factory.mktemp("empty-path")))
+            assert not dot_available()
+        assert inspection.to_html(directory) == directory / "index.html"
     return inspection, directory
 
 

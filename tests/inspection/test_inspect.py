@@ -119,3 +119,19 @@ def test_timed_compilation_adds_the_dense_and_sparse_times():
 def test_inspect_takes_a_compiled_module():
     with pytest.raises(TypeError, match="SparseModule"):
         gs.inspect(nn.Linear(2, 2))
+
+
+def test_conv1d_masks_are_shown_on_their_gemm_view():
+    """transformers' Conv1D stores (in, out): the given mask of a layer left dense and the mask
+    rebuilt from a rewritten layer's buffers are both its (out, in) view."""
+    pytest.importorskip("transformers")
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Conv1D(nf=64, nx=32), nn.ReLU(), Conv1D(nf=32, nx=64)).eval()
+    masks = gs.prune(model, "group", allocation={"0": 0.75, "2": 0.1}, group_size=16)
+    compiled = gs.compile_sparse(model, torch.randn(2, 5, 32), decide="cost")
+    assert compiled.report.rewritten == ["0"]  # "2" keeps 90%: the cost model leaves it dense
+    for layer in gs.inspect(compiled, masks=masks).layers:
+        expected = gs.gemm_view(masks[f"{layer.name}.weight"], kind="transposed_linear")
+        assert torch.equal(layer.mask, expected), layer.name

@@ -50,6 +50,9 @@ Decisions, tested below:
   is exported for the example's sizes, and other sizes get the same clear error.
 - The compiled module is a snapshot: changing the model's weights after compiling does not
   change what the compiled module computes (compile again to pick them up).
+- A model that has conv/linear layers but nothing to rewrite (all dense, all excluded, weights
+  computed in forward) is no error: it compiles to an equivalent module whose report says why
+  for each layer (tests/compiler/test_nothing_to_rewrite.py); case 21 has no layer at all.
 - Allowed instead of cases 26/27: ``compiled.double()`` runs float64 inputs, and
   ``compiled.to("meta")`` gives meta outputs of the right shape for meta inputs.
 """
@@ -335,7 +338,8 @@ CASES = [
         "compile: no conv or linear layer",
         lambda m: gs.compile_sparse(m, _x()),
         ValueError,
-        "Sequential has no conv or linear layer with constant weights: compile_sparse rewrites nn.Conv2d/nn.Linear",
+        "Sequential has no conv or linear layer: compile_sparse rewrites nn.Conv2d/nn.Linear, "
+        "F.conv2d/F.linear and transformers' Conv1D",
         model=_no_layers,
     ),
     Case(
