@@ -136,7 +136,8 @@ def machine_slug(machine: dict[str, Any], device: str = "cpu") -> str:
     if device == "cuda" and machine.get("gpu"):
         return _slug(" ".join(machine["gpu"]["name"].split()[:2]))
     name = re.sub(r"\(r\)|\(tm\)|\bcpu\b|processor|@.*|\d+-core", "", machine["cpu"].lower())
-    return f"{_slug(name) or 'cpu'}-{_slug(machine['isa'])}-{machine['cores']}c"
+    isa = machine["isa"].lower().replace("-", "")  # "AVX-512" -> "avx512"
+    return f"{_slug(name) or 'cpu'}-{_slug(isa)}-{machine['cores']}c"
 
 
 def git_state(repo: Path = REPO) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The sparse baselines the benchmark compares groupsparse against, built on torch.sparse.
+"""The sparse-format baselines the models and gpu suites compare groupsparse against, built on
+torch.sparse.
 
 ``to_sparse_layout(model, names, "csr")`` returns a copy of a pruned model whose named conv
 and linear layers multiply with their weight stored in a sparse layout:

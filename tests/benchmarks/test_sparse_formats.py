@@ -1,4 +1,5 @@
-"""tools/baselines.py: CSR and BSR layers compute what the pruned dense layers compute."""
+"""benchmarks/sparse_formats.py: CSR and BSR layers compute what the pruned dense layers
+compute."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from torch import nn
 
 import groupsparse as gs
+from benchmarks import sparse_formats as baselines
 from tests.sparsify import max_relative_error
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta state")
@@ -28,7 +30,7 @@ def _pruned(model: nn.Module, pattern: str, **pattern_args) -> nn.Module:
     ],
     ids=["3x3", "strided-dilated-nobias", "1x3"],
 )
-def test_conv2d_equals_dense(baselines, layout, batch, conv):
+def test_conv2d_equals_dense(layout, batch, conv):
     torch.manual_seed(0)
     model = _pruned(nn.Sequential(nn.Conv2d(16, 32, **conv), nn.ReLU()), "block", block=(16, 16))
     sparse, how = baselines.to_sparse_layout(model, ["0"], layout)
@@ -40,7 +42,7 @@ def test_conv2d_equals_dense(baselines, layout, batch, conv):
 
 @pytest.mark.parametrize("layout", ["csr", "bsr"])
 @pytest.mark.parametrize("shape", [(5, 64), (2, 7, 64)])
-def test_linear_equals_dense_and_output_is_contiguous(baselines, layout, shape):
+def test_linear_equals_dense_and_output_is_contiguous(layout, shape):
     torch.manual_seed(0)
     model = _pruned(nn.Sequential(nn.Linear(64, 48)), "block", block=(16, 16))
     sparse, _ = baselines.to_sparse_layout(model, ["0"], layout)
@@ -51,7 +53,7 @@ def test_linear_equals_dense_and_output_is_contiguous(baselines, layout, shape):
     assert out.shape == (*shape[:-1], 48) and out.is_contiguous()  # transformers .view() it
 
 
-def test_layers_the_layout_cannot_take_stay_dense_and_say_why(baselines):
+def test_layers_the_layout_cannot_take_stay_dense_and_say_why():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, groups=2), nn.Conv2d(8, 16, 3, padding="same")
     )
@@ -64,13 +66,13 @@ def test_layers_the_layout_cannot_take_stay_dense_and_say_why(baselines):
     assert how == {"0": "csr"}
 
 
-def test_model_is_not_changed(baselines):
+def test_model_is_not_changed():
     model = nn.Sequential(nn.Linear(32, 32))
     baselines.to_sparse_layout(model, ["0"], "csr")
     assert isinstance(model[0], nn.Linear)
 
 
-def test_probes(baselines):
+def test_probes():
     kernels = baselines.probe_cpu_kernels()
     assert (
         kernels["csr sparse.mm"] == "ok" and kernels["csr addmm"] == "ok"
