@@ -22,7 +22,14 @@ from torch import nn
 
 from .checks import DTYPES, cast_inputs
 
-__all__ = ["DENSE_RUNTIMES", "Runtime", "Unavailable", "dense_runtime", "torch_runtime"]
+__all__ = [
+    "DENSE_RUNTIMES",
+    "Runtime",
+    "Unavailable",
+    "compiler_kernels",
+    "dense_runtime",
+    "torch_runtime",
+]
 
 DENSE_RUNTIMES = ("eager", "inductor", "inductor-freezing", "openvino")
 _OPENVINO_PRECISION = {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}
@@ -137,3 +144,13 @@ def dense_runtime(
         case "openvino":
             return _openvino(model, example, dtype, threads)
     raise ValueError(f"unknown dense runtime {name!r}; allowed: {DENSE_RUNTIMES}")
+
+
+def compiler_kernels() -> tuple[str, ...]:
+    """The names ``compile_sparse(kernel=...)`` accepts ("grouped", "grouped_torch", "loop").
+
+    The one place in benchmarks/ that reads them from groupsparse's internals
+    (``groupsparse.passes.common.KERNELS``); the kernel registry replaces that tuple."""
+    from groupsparse.passes.common import KERNELS
+
+    return tuple(KERNELS)

@@ -133,16 +133,23 @@ def alone(function: Callable[[], Any], min_run_time: float = 0.5) -> Stats:
 
 def graph_replays(
     functions: dict[str, Callable[[], Any]], runs: int, warmup: int = 3
-) -> dict[str, Stats]:
+) -> tuple[dict[str, Stats], dict[str, str]]:
     """Each function captured in a CUDA graph (``groupsparse.timing.capture_cuda_graph``:
-    warm-up on a side stream first), then the replays timed in turns with CUDA events."""
+    warm-up on a side stream first), then the replays timed in turns with CUDA events.
+    Returns the stats and {name: why} for the functions that could not be captured."""
     from groupsparse.timing import capture_cuda_graph
 
+    graphs, failed = {}, {}
     with torch.no_grad():
-        graphs = {name: capture_cuda_graph(f, warmup)[0] for name, f in functions.items()}
+        for name, function in functions.items():
+            try:
+                graphs[name] = capture_cuda_graph(function, warmup)[0]
+            except RuntimeError as error:  # e.g. a host sync inside the capture
+                torch.cuda.synchronize()
+                failed[name] = f"{type(error).__name__}: {error}"
         for graph in graphs.values():
             graph.replay()
-        events = {name: [] for name in graphs}
+        events: dict[str, list] = {name: [] for name in graphs}
         for _ in range(runs):
             for name, graph in graphs.items():
                 start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
@@ -151,10 +158,11 @@ def graph_replays(
                 end.record()
                 events[name].append((start, end))
         torch.cuda.synchronize()
-    return {
+    stats = {
         name: Stats.from_ms([start.elapsed_time(end) for start, end in pairs])
         for name, pairs in events.items()
     }
+    return stats, failed
 
 
 def _cuda_in_use() -> bool:

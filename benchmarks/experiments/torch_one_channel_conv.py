@@ -1,7 +1,7 @@
 """torch's own CPU conv2d against float64 on one-channel inputs with NHWC strides: the
 upstream wrong result behind fuzz spec 4245 (docs/decisions/one-channel-conv.md).
 
-    python tools/torch_one_channel_conv.py
+    python -m benchmarks.experiments.torch_one_channel_conv
 
 Prints, for each memory format of a (N, 1, H, W) input, how many geometries of a small
 sweep torch computes wrongly (max relative error over 1e-4 against float64), with oneDNN on
