@@ -120,7 +120,17 @@ def describe_machine(threads: int) -> dict[str, Any]:
         "platform": platform.platform(),
         "libraries": {
             name: _version(name)
-            for name in ("openvino", "transformers", "triton", "cuda-python", "nvmath-python")
+            for name in (
+                "openvino",
+                "transformers",
+                "triton",
+                "cuda-python",
+                "cuda-bindings",
+                "cuda-core",
+                "nvmath-python",
+                "nvidia-cuda-nvrtc",
+                "nvidia-cublas",
+            )
         },
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }

@@ -46,7 +46,7 @@ from ..results import ResultFile, markdown_table
 from ..runtimes import compiler_kernels
 from ..timing import OtherLoad, graph_replays, interleaved
 
-__all__ = ["LAYER_SETS", "Layer", "main", "measure_layer", "parse_shape"]
+__all__ = ["LAYER_SETS", "Layer", "main", "measure_layer", "measure_module", "parse_shape"]
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def _exact_float32():
 
 
 def _variants(
-    layer: Layer, module: nn.Module, x: torch.Tensor, device: str
+    kind: str, module: nn.Module, x: torch.Tensor, device: str
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, dict[str, Any]]]:
     """{variant: call} and {variant: what compile_sparse did} for one pruned layer."""
     import groupsparse as gs
@@ -153,7 +153,7 @@ def _variants(
         "dense": lambda: module(x),
         "dense-copy": lambda: copy_(x),
     }
-    if device == "cuda" and layer.kind == "conv":
+    if device == "cuda" and kind == "conv":
         nhwc = copy.deepcopy(module).to(memory_format=torch.channels_last)
         x_nhwc = x.contiguous(memory_format=torch.channels_last)
         calls["dense-nhwc"] = lambda: nhwc(x_nhwc)
@@ -176,35 +176,17 @@ def _variants(
     return calls, compiled
 
 
-def measure_layer(
-    layer: Layer,
-    group_size: int,
-    sparsity: float,
-    *,
-    dtype: str,
-    batch: int,
-    runs: int,
-    device: str = "cpu",
-    channels_last: bool = False,
-    seed: int = 0,
+def measure_module(
+    kind: str, module32: nn.Module, x32: torch.Tensor, *, dtype: str, runs: int, device: str
 ) -> dict[str, Any]:
-    """One record: every variant of ``layer`` at ``group_size`` and ``sparsity``, checked and
-    timed side by side (and, on a GPU, replayed from CUDA graphs)."""
-    import groupsparse as gs
-
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    module = layer.module().eval()
-    gs.prune(module, pattern="group", sparsity=sparsity, group_size=group_size)
-    x32 = layer.input(batch, generator).to(device)
-    if channels_last and layer.kind == "conv":
-        x32 = x32.contiguous(memory_format=torch.channels_last)
-    module32 = module.to(device)
+    """Every variant of one pruned one-layer module (``kind`` "conv" or "linear", float32, on
+    ``device``) in ``dtype``, checked against it in float32 and timed side by side (and, on a
+    GPU, replayed from CUDA graphs)."""
     with torch.no_grad(), _exact_float32():
         expected = module32(x32)
     low = module32 if dtype == "float32" else copy.deepcopy(module32).to(DTYPES[dtype])
     x = x32.to(DTYPES[dtype])
-    calls, compiled = _variants(layer, low, x, device)
+    calls, compiled = _variants(kind, low, x, device)
     with torch.no_grad():
         outputs = {name: call() for name, call in calls.items()}
     eager_error = None if dtype == "float32" else relative_error(outputs["dense"], expected)
@@ -219,10 +201,8 @@ def measure_layer(
     dense_ms = stats["dense"].median_ms
     kept = next((c["kept_fraction"] for c in compiled.values() if "kept_fraction" in c), None)
     record: dict[str, Any] = {
-        "layer": layer.name, **{k: v for k, v in asdict(layer).items() if k != "name"},
-        "group_size": group_size, "sparsity": sparsity, "dtype": dtype, "batch": batch,
-        "device": device, "channels_last": channels_last, "input_shape": list(x.shape),
-        "kept_fraction": kept, "flop_bound": 1 / kept if kept else None,
+        "input_shape": list(x.shape), "kept_fraction": kept,
+        "flop_bound": 1 / kept if kept else None,
         "variants": {
             name: {**stats[name].as_dict(), "check": checks[name], **compiled.get(name, {}),
                    **({"graph": graphs[name].as_dict()} if name in graphs else {})}
@@ -236,6 +216,40 @@ def measure_layer(
     if "dense" in graphs:
         graph_dense = graphs["dense"].median_ms
         record["graph_dense_over"] = {n: graph_dense / s.median_ms for n, s in graphs.items()}
+    return record
+
+
+def measure_layer(
+    layer: Layer,
+    group_size: int,
+    sparsity: float,
+    *,
+    dtype: str,
+    batch: int,
+    runs: int,
+    device: str = "cpu",
+    channels_last: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One record: ``layer`` pruned to ``sparsity`` in groups of ``group_size``, measured by
+    ``measure_module``, with the goals it can be judged by."""
+    import groupsparse as gs
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    module = layer.module().eval()
+    gs.prune(module, pattern="group", sparsity=sparsity, group_size=group_size)
+    x32 = layer.input(batch, generator).to(device)
+    if channels_last and layer.kind == "conv":
+        x32 = x32.contiguous(memory_format=torch.channels_last)
+    measured = measure_module(
+        layer.kind, module.to(device), x32, dtype=dtype, runs=runs, device=device
+    )
+    record: dict[str, Any] = {
+        "layer": layer.name, **{k: v for k, v in asdict(layer).items() if k != "name"},
+        "group_size": group_size, "sparsity": sparsity, "dtype": dtype, "batch": batch,
+        "device": device, "channels_last": channels_last, **measured,
+    }  # fmt: skip
     record["goals"] = _goals(record)
     return record
 
