@@ -1,8 +1,8 @@
-"""The accuracy study of issue 6: what each pruning pattern, criterion and schedule costs in
+"""The accuracy suite (issue 6): what each pruning pattern, criterion and schedule costs in
 accuracy, on real data (scikit-learn's digits: 1,797 8x8 handwritten digits, no download).
 
-    python tools/accuracy.py            # the full study, 3 seeds (prints its time estimate)
-    python tools/accuracy.py --quick    # under 3 minutes: 1 seed, a few patterns at 75%
+    python -m benchmarks accuracy            # the full study, 3 seeds (prints its estimate)
+    python -m benchmarks accuracy --quick    # under 3 minutes: 1 seed, a few patterns at 75%
 
 Three small models (groupsparse.models) are trained per seed on a fixed, stratified split
 (``train_test_split(test_size=0.25, random_state=0)``): a VGG-style CNN on the 8x8 images, a
@@ -33,23 +33,21 @@ its predictions on the test set compared with the masked model's (a compile erro
 recorded in the results, not raised, so that one layer the compiler refuses does not end a
 30-minute study).
 
-Writes to ``--out`` (default ``bench/results/accuracy/``, ``.../quick/`` with ``--quick``):
-``results.json`` (settings, machine, per-seed accuracies, means and spreads, compile checks,
-the goals of issue 6; rewritten after every model and seed), ``table.md`` (README tables),
-``accuracy_gradual.png`` and ``accuracy_oneshot.png`` (accuracy against sparsity, one panel
-per model and criterion, one line per pattern).
+Writes one result (``benchmarks.results``: ``benchmarks/results/<machine>/accuracy/``, or
+``--out``; ``--quick`` under ``out/benchmarks/``): ``<run>.json`` (provenance, machine,
+settings, per-seed accuracies, means and spreads, compile checks, the goals of issue 6;
+rewritten after every model and seed), ``<run>.md`` (the tables), and
+``<run>-accuracy_gradual.png`` and ``<run>-accuracy_oneshot.png`` (accuracy against sparsity,
+one panel per model and criterion, one line per pattern).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
-import json
 import math
 import multiprocessing
 import os
-import platform
 import statistics
 import sys
 import time
@@ -68,10 +66,10 @@ import groupsparse as gs
 from groupsparse.models import SmallCNN, SmallResNet, SmallViT
 from groupsparse.pruning import Schedule
 
+from ..results import ResultFile
+
 __all__ = ["MODELS", "PATTERNS", "Digits", "PatternSpec", "Recipe", "load_digits", "main"]
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "bench" / "results" / "accuracy"
 SPARSITIES = (0.5, 0.75, 0.9)
 CRITERIA = ("magnitude", "taylor")
 SCHEDULES = ("oneshot", "gradual")
@@ -592,9 +590,9 @@ def _summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
+def run_study(settings: Settings, result: ResultFile) -> dict[str, Any]:
+    """The whole study, recorded in ``result`` as it goes; returns its data."""
     torch.set_num_threads(settings.threads)
-    out.mkdir(parents=True, exist_ok=True)
     data = load_digits()
     started = time.perf_counter()
     estimate = estimate_seconds(settings, data)
@@ -609,13 +607,9 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
         f"thread{'s' * (settings.threads > 1)}, measured now on this machine)",
         flush=True,
     )
-    results: dict[str, Any] = {
+    results = result.data
+    results.update({
         "meta": {
-            "command": command,
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": machine_info(settings.threads),
-            "torch": torch.__version__,
-            "settings": {k: v for k, v in asdict(settings).items()},
             "split": "sklearn load_digits; train_test_split(test_size=0.25, random_state=0, stratify=y); "
             f"{len(data.train_y)} train, {len(data.test_y)} test images",
             "exclude": EXCLUDE,
@@ -653,13 +647,13 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
         "dense": {},
         "runs": [],
         "goals": {},
-    }
+    })  # fmt: skip
     jobs = [(seed, name) for seed in range(settings.seeds) for name in settings.models]
     done: dict[tuple[int, str], JobResult] = {}
 
-    def collect(job: tuple[int, str], result: JobResult) -> None:
-        """Record one finished (seed, model) job and rewrite results.json, seeds in order."""
-        done[job] = result
+    def collect(job: tuple[int, str], finished: JobResult) -> None:
+        """Record one finished (seed, model) job and rewrite the result file, seeds in order."""
+        done[job] = finished
         per_seed: dict[str, dict[str, Any]] = {}
         results["dense"] = {}
         for seed, name in sorted(done):
@@ -672,7 +666,7 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
         results["runs"] = _runs(per_seed)
         results["goals"] = goals(results)
         results["meta"]["elapsed_s"] = round(time.perf_counter() - started, 1)
-        write_json(results, out / "results.json")
+        result.save()
 
     per_job = 1 + settings.runs_per_model()
     with tqdm(total=len(jobs) * per_job, unit="run", dynamic_ncols=True) as progress:
@@ -692,11 +686,11 @@ def run_study(settings: Settings, out: Path, command: str) -> dict[str, Any]:
                     collect(futures[future], future.result())
                     progress.update(per_job)
     results["meta"]["finished"] = True
-    write_json(results, out / "results.json")
-    write_table(results, out / "table.md")
-    plot(results, out)
+    plot(results, result.folder, prefix=f"{result.path.stem}-")
+    result.finish(summary(results), table(results))
     elapsed = results["meta"]["elapsed_s"]
-    print(f"done in {elapsed / 60:.1f} min (estimated {total_estimate / 60:.1f}); wrote {out}")
+    print(f"done in {elapsed / 60:.1f} min (estimated {total_estimate / 60:.1f}); "
+          f"wrote {result.path}")  # fmt: skip
     return results
 
 
@@ -906,30 +900,6 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
 # -- output ----------------------------------------------------------------------------------
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
-def write_json(results: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    tmp.replace(path)
-
-
 def _cell(run: dict[str, Any] | None) -> str:
     if run is None:
         return "—"
@@ -943,17 +913,37 @@ def _signed(value: float | None) -> str:
     return "—" if value is None else f"{value:+.1f}"
 
 
-def write_table(results: dict[str, Any], path: Path) -> None:
+def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """INDEX.md's rows: per model and criterion, dense and the gradual schedule's best group
+    against element and filter at 75% and 90% (test accuracy, %)."""
+    rows = []
+    for key, row in results["goals"].get("gradual", {}).items():
+        model, criterion = key.split("|")
+        line = {"model": model, "criterion": criterion,
+                "dense": f"{100 * results['dense'][model]['mean']:.1f}"}  # fmt: skip
+        for tag in ("75", "90"):
+            best = row.get(f"best_group_{tag}")
+            line[f"best group {tag}%"] = best and f"{best['accuracy']:.1f} ({best['pattern']})"
+            for family in ("element", "filter"):
+                value = row.get(f"{family}_{tag}")
+                line[f"{family} {tag}%"] = None if value is None else f"{value:.1f}"
+        rows.append(line)
+    return rows
+
+
+def table(results: dict[str, Any]) -> str:
+    """The Markdown tables: dense baselines, the goals, then accuracy per schedule and
+    criterion, pattern x (model, sparsity)."""
     meta, runs = results["meta"], results["runs"]
     models = list(results["dense"])
-    seeds = meta["settings"]["seeds"]
+    seeds = results["settings"]["seeds"]
     sparsities = sorted({r["sparsity"] for r in runs}) or list(SPARSITIES)
     lines = [
         "# Accuracy on scikit-learn's digits",
         "",
         (
-            f"Made by `{meta['command']}` on {meta['machine']['cpu']} ({meta['machine']['threads']} "
-            f"thread), {meta['date'][:10]}, in {meta['elapsed_s'] / 60:.1f} min. Test accuracy in %, "
+            f"{results['settings']['jobs']} jobs of {results['settings']['threads']} thread(s), "
+            f"{meta['elapsed_s'] / 60:.1f} min. Test accuracy in %, "
             f"mean ± standard deviation over {seeds} seed{'s' * (seeds > 1)} (each seed trains its own "
             f"dense model, the start of all its pruning runs). {meta['split']}. First and last layer "
             "dense; the others pruned to the sparsity in the column. Gradual: "
@@ -1007,8 +997,8 @@ def write_table(results: dict[str, Any], path: Path) -> None:
                 lines.append(f"| {label} | " + " | ".join(cells) + " |")
             lines.append("")
     lines += compiled_lines(runs)
-    lines += ["Plots: `accuracy_gradual.png`, `accuracy_oneshot.png`; data: `results.json`.", ""]
-    path.write_text("\n".join(lines))
+    lines += ["Plots: `<run>-accuracy_gradual.png`, `<run>-accuracy_oneshot.png`.", ""]
+    return "\n".join(lines)
 
 
 def compiled_lines(runs: list[dict[str, Any]]) -> list[str]:
@@ -1106,7 +1096,7 @@ def goals_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot(results: dict[str, Any], out: Path) -> list[Path]:
+def plot(results: dict[str, Any], out: Path, prefix: str = "") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1165,7 +1155,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
         )
         figure.suptitle(f"digits: test accuracy against sparsity, {title}")
         figure.tight_layout(rect=(0, 0.1, 1, 0.95))
-        path = out / f"accuracy_{schedule}.png"
+        path = out / f"{prefix}accuracy_{schedule}.png"
         figure.savefig(path, dpi=110)
         plt.close(figure)
         written.append(path)
@@ -1177,6 +1167,7 @@ def plot(results: dict[str, Any], out: Path) -> list[Path]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        prog="python -m benchmarks accuracy",
         description="Accuracy of each pruning pattern, criterion and schedule on digits (issue 6).",
         epilog="The full study prints its estimate first; run it with `nice -n 10` on a shared machine.",
     )
@@ -1189,7 +1180,7 @@ def _parser() -> argparse.ArgumentParser:
         "--seeds", type=int, default=None, help="seeds 0..N-1 (default 3; 1 with --quick)"
     )
     parser.add_argument(
-        "--out", type=Path, default=None, help="output folder (default bench/results/accuracy/)"
+        "--out", type=Path, default=None, help="results folder (default: by machine)"
     )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=None)
     parser.add_argument("--patterns", nargs="+", choices=list(PATTERNS), default=None, metavar="PATTERN",
@@ -1258,14 +1249,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
     )
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     settings = settings_from(args)
-    out = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
-    command = " ".join(["python tools/accuracy.py", *argv])
-    return run_study(settings, out, command)
-
-
-if __name__ == "__main__":
-    main()
+    result = ResultFile("accuracy", argv, asdict(settings), threads=settings.threads,
+                        out=args.out, quick=settings.quick)  # fmt: skip
+    run_study(settings, result)
+    return 0

@@ -1,18 +1,16 @@
-"""tools/accuracy.py: a tiny run writes its JSON, table and plots, and the compiled group-wise
-model predicts what the masked model predicts."""
+"""benchmarks/suites/accuracy.py: a tiny run writes its result (JSON with provenance, table,
+plots), and the compiled group-wise model predicts what the masked model predicts."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "accuracy.py"
+from benchmarks.provenance import REPO
 
 pytest.importorskip("sklearn", reason="the study's data set ships with scikit-learn")
 pytest.importorskip("matplotlib", reason="the study draws its plots with matplotlib")
@@ -20,11 +18,14 @@ pytest.importorskip("matplotlib", reason="the study draws its plots with matplot
 
 @pytest.fixture(scope="module")
 def accuracy_tool():
-    spec = importlib.util.spec_from_file_location("accuracy_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks.suites import accuracy
+
+    return accuracy
+
+
+def _result(folder):
+    (path,) = folder.glob("*.json")
+    return path, json.loads(path.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,13 @@ def smoke(accuracy_tool, tmp_path_factory):
 
 
 def test_smoke_run_writes_json_table_and_plots(smoke):
-    results = json.loads((smoke / "results.json").read_text())
-    assert set(results) == {"meta", "dense", "runs", "goals"}
+    path, results = _result(smoke)
+    assert set(results) >= {"schema", "provenance", "machine", "settings", "meta", "dense",
+                            "runs", "goals", "summary"}  # fmt: skip
+    assert results["suite"] == "accuracy" and results["finished"]
+    assert results["provenance"]["command"].startswith("python -m benchmarks accuracy")
     assert results["meta"]["finished"] and results["meta"]["estimate_s"] > 0
-    assert set(results["meta"]["machine"]) >= {"cpu", "threads"}
+    assert set(results["machine"]) >= {"cpu", "isa", "threads"}
     assert len(results["dense"]["cnn"]["accuracy"]) == 1
     assert {(run["pattern"], run["schedule"]) for run in results["runs"]} == {
         ("group G=8", "oneshot"),
@@ -68,10 +72,11 @@ def test_smoke_run_writes_json_table_and_plots(smoke):
         assert 0.0 <= run["mean"] <= 1.0
         assert abs(run["actual_sparsity"] - 0.75) < 0.02
     assert "permutation_vs_none" in results["goals"]
-    table = (smoke / "table.md").read_text()
+    table = path.with_suffix(".md").read_text()
     assert "## Dense baselines" in table and "| group G=8 |" in table
     for name in ("accuracy_gradual.png", "accuracy_oneshot.png"):
-        assert (smoke / name).stat().st_size > 0
+        assert (smoke / f"{path.stem}-{name}").stat().st_size > 0
+    assert results["summary"][0]["model"] == "cnn"
 
 
 def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
@@ -84,18 +89,19 @@ def test_parallel_jobs_give_the_results_of_one_process(tmp_path):
     ]  # fmt: skip
     for jobs in ("1", "2"):
         subprocess.run(
-            [sys.executable, str(TOOL), *args, "--jobs", jobs, "--out", str(tmp_path / jobs)],
-            check=True, capture_output=True, timeout=600,
+            [sys.executable, "-m", "benchmarks", "accuracy", *args, "--jobs", jobs,
+             "--out", str(tmp_path / jobs)],
+            check=True, capture_output=True, timeout=600, cwd=REPO,
         )  # fmt: skip
-    one, two = (json.loads((tmp_path / j / "results.json").read_text()) for j in ("1", "2"))
-    assert two["meta"]["settings"]["jobs"] == 2
+    one, two = (_result(tmp_path / j)[1] for j in ("1", "2"))
+    assert two["settings"]["jobs"] == 2
     assert one["dense"]["cnn"]["accuracy"] == two["dense"]["cnn"]["accuracy"]
     assert [r["accuracy"] for r in one["runs"]] == [r["accuracy"] for r in two["runs"]]
     assert len(two["runs"][0]["accuracy"]) == 2
 
 
 def test_compiled_model_predicts_as_the_masked_model(smoke):
-    results = json.loads((smoke / "results.json").read_text())
+    _, results = _result(smoke)
     (gradual,) = [run for run in results["runs"] if run["schedule"] == "gradual"]
     compiled = gradual["compiled"]
     assert compiled["checked"] == 1
