@@ -167,3 +167,21 @@ def test_output_tensors_of_the_runtimes_outputs():
     assert fresh[0].dtype == torch.float32 and fresh[1].max() <= 7
     assert checks.cast_inputs(fresh, torch.bfloat16)[0].dtype == torch.bfloat16
     assert checks.cast_inputs(fresh, torch.bfloat16)[1].dtype == torch.int64
+
+
+@pytest.mark.parametrize("suite", ["zoo", "decode"])
+def test_unwritten_suites_say_so_and_write_nothing(suite, capsys):
+    from benchmarks.__main__ import main
+
+    assert main([suite]) == 2
+    assert "not written yet" in capsys.readouterr().err
+
+
+def test_command_line_lists_the_suites(capsys):
+    from benchmarks import SUITES
+    from benchmarks.__main__ import main
+
+    assert main(["--help"]) == 0
+    printed = capsys.readouterr().out
+    assert all(suite in printed for suite in SUITES)
+    assert main(["nonsense"]) == 2
