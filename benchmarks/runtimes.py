@@ -78,19 +78,30 @@ def torch_runtime(
 
 def _inductor(model: nn.Module, example: tuple, dtype: str, freezing: bool) -> Runtime:
     import torch._inductor.config as inductor_config
+    from torch._dynamo.utils import counters
 
     low = copy.deepcopy(model).to(DTYPES[dtype]).eval()
     compiled = torch.compile(low)
+    before = dict(counters["inductor"])
     if not freezing:
-        return torch_runtime(compiled, example, dtype, "torch.compile (Inductor, default mode)")
-    runtime = torch_runtime(
-        compiled,
-        example,
-        dtype,
-        "torch.compile (Inductor) with torch._inductor.config.freezing = True",
-        context=lambda: inductor_config.patch(freezing=True),
-    )
-    runtime.details["freezing"] = True
+        runtime = torch_runtime(compiled, example, dtype, "torch.compile (Inductor, default mode)")
+    else:
+        runtime = torch_runtime(
+            compiled,
+            example,
+            dtype,
+            "torch.compile (Inductor) with torch._inductor.config.freezing = True",
+            context=lambda: inductor_config.patch(freezing=True),
+        )
+    # what Inductor did while compiling it (with freezing: binary_folding, weight packing)
+    runtime.details = {
+        "freezing": freezing,
+        "inductor_counters": {
+            key: value - before.get(key, 0)
+            for key, value in counters["inductor"].items()
+            if value != before.get(key, 0)
+        },
+    }
     return runtime
 
 

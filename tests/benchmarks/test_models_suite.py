@@ -173,3 +173,15 @@ def test_failures_are_recorded_not_hidden():
     assert "| n/a [1] | 1.0 (2.00x) FAILED [2] | error [3] |" in table
     assert "[1] m 50% dense-openvino: openvino is not installed" in table
     assert "check FAILED, max relative error 5.0e-01 > 1.0e-03" in table and "boom" in table
+
+
+@pytest.mark.slow
+def test_inductor_with_freezing_folds_and_packs_the_weights():
+    from benchmarks.runtimes import dense_runtime
+
+    model, example = build_model("small-cnn")
+    runtime = dense_runtime("inductor-freezing", model, example, "float32", threads=2)
+    counters = runtime.details["inductor_counters"]
+    assert runtime.details["freezing"] and counters.get("binary_folding", 0) > 0
+    with torch.no_grad():
+        assert torch.allclose(runtime.run(*example), model(*example), rtol=1e-4, atol=1e-5)
