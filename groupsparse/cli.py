@@ -7,7 +7,6 @@ The other subcommands are a thin layer over the Python API:
 - ``compile MODEL [--masks FILE] --out FILE``: ``gs.compile_sparse``; FILE holds what is
   needed to compile the model again (not the compiled module).
 - ``inspect SAVED|MODEL [--time] [--html DIR]``: ``gs.inspect``.
-- ``bench ARGS``: runs ``python tools/bench.py ARGS`` from the source checkout.
 
 MODEL is a built-in name (``groupsparse.models.MODEL_NAMES``) or ``path/to/file.py:function``,
 a function taking no argument that returns ``(model, example_inputs)``. Models are built
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,7 +75,6 @@ def _demo(args: argparse.Namespace) -> int:
 
 MASKS_FORMAT = "groupsparse.masks/1"
 COMPILED_FORMAT = "groupsparse.compiled/1"
-BENCH_SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "bench.py"
 
 
 def _load_model_file(spec: str) -> tuple[torch.nn.Module, Any]:
@@ -233,17 +230,6 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(argv: Sequence[str]) -> int:
-    if not BENCH_SCRIPT.is_file():
-        print(
-            f"groupsparse bench: {BENCH_SCRIPT} is missing; `bench` runs tools/bench.py from a "
-            "source checkout of groupsparse",
-            file=sys.stderr,
-        )
-        return 2
-    return subprocess.run([sys.executable, str(BENCH_SCRIPT), *argv], check=False).returncode
-
-
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch", type=int, default=1, help="batch of the example inputs (built-in models)"
@@ -349,19 +335,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_compile_options(inspect)
     _add_model_options(inspect)
     inspect.set_defaults(run=_cmd_inspect)
-
-    missing = "" if BENCH_SCRIPT.is_file() else f" ({BENCH_SCRIPT} is missing here)"
-    commands.add_parser(
-        "bench", add_help=False,
-        help=f"the paper's evaluation: passes every argument on to `python tools/bench.py`{missing}",
-    )  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # everything after it, --help included, belongs to tools/bench.py
-        return _cmd_bench(argv[1:])
     args = _parser().parse_args(argv)
     return args.run(args)
 

@@ -1,5 +1,5 @@
 """Timing in turns: the one way groupsparse compares two implementations (the compiler's
-"never slower" check, the demo, tools/bench.py and tools/never_slower.py)."""
+"never slower" check, the demo, and the benchmarks' interleaved A/B, benchmarks/timing.py)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Not a sparse layer, but in a pruned CNN one of the larger costs left: torch's CPU max-pool
 on contiguous NCHW tensors walks each window element by element. VGG-16's five pools take
 20.8 ms that way and 3.2 ms on the native kernel, ResNet-50's one 4.0 ms against 0.5 (2
-threads; ``python tools/bench_layers.py --pools``), out of 100-120 ms for a 75%-sparse VGG-16.
+threads; ``tools/bench_layers.py --pools``, benchmarks/experiments/README.md), out of 100-120 ms
+for a 75%-sparse VGG-16.
 """
 
 from __future__ import annotations
