@@ -277,7 +277,11 @@ def _compile(
                 ) from error
         gm, how = capture(work, example_inputs, capture_with)
         context = CompileContext(
-            options=options, example_inputs=example_inputs, masks=resolved, exclude=exclude
+            options=options,
+            example_inputs=example_inputs,
+            masks=resolved,
+            exclude=exclude,
+            autocast_dtype=_autocast_dtype(work, example_inputs),
         )
         steps: list[tuple[str, str]] = [("capture", gm.code)]
         gm = run_pipeline(
@@ -293,6 +297,15 @@ def _compile(
         )
     _forget_plan_tensors(gm)
     return SparseModule(gm, report, steps, cuda_graph=cuda_graph)
+
+
+def _autocast_dtype(model: nn.Module, example_inputs: tuple[Any, ...]) -> torch.dtype | None:
+    """The dtype autocast runs conv and linear in on the model's device, if it is on."""
+    devices = {
+        t.device.type for t in [*model.parameters(), *example_inputs] if isinstance(t, torch.Tensor)
+    }
+    device = "cuda" if "cuda" in devices else "cpu"
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
 def _forget_plan_tensors(gm: fx.GraphModule) -> None:

@@ -103,7 +103,8 @@ class CompileOptions:
 @dataclass
 class CompileContext:
     """What the pipeline knows beyond the graph: masks, example inputs, the values of
-    lifted parameters (Dynamo), and the options."""
+    lifted parameters (Dynamo), the options, and the autocast dtype in force while compiling
+    (float32 layers then run in it, as autocast runs conv and linear)."""
 
     options: CompileOptions
     example_inputs: tuple[Any, ...]
@@ -111,6 +112,11 @@ class CompileContext:
     placeholder_values: dict[str, torch.Tensor] = field(default_factory=dict)
     placeholder_names: dict[str, str] = field(default_factory=dict)
     exclude: tuple[str, ...] = ()
+    autocast_dtype: torch.dtype | None = None
+
+    def compute_dtype(self, dtype: torch.dtype) -> torch.dtype:
+        """The dtype a layer whose input is ``dtype`` computes in: autocast's for float32."""
+        return self.autocast_dtype if self.autocast_dtype and dtype == torch.float32 else dtype
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ class LayerPlan:
     dense_ms: float | None = None
     sparse_ms: float | None = None
     candidates: tuple[str, ...] = ()  # the kernels select_kernel may choose, preferred first
+    cast_input: torch.dtype | None = None  # compiled under autocast: the input is cast to this
 
     def replaced(self, **changes) -> LayerPlan:
         return dataclasses.replace(self, **changes)
@@ -231,21 +232,23 @@ def _plan_layer(
     verdict = should_rewrite(layer, structure, x)
     if not verdict:
         return LayerPlan(**base, decision="dense", kernel="dense", reason=str(verdict))
-    found, why = kernels.candidates(context.options.kernel, layer.kind, x.device.type, x.dtype)
+    dtype = context.compute_dtype(x.dtype)
+    found, why = kernels.candidates(context.options.kernel, layer.kind, x.device.type, dtype)
     if not found:
         return LayerPlan(
             **base, decision="dense", kernel="dense", reason=f"no kernel runs it here ({why})"
         )
-    weight, column_index, row_index = pack(layer, structure, x.dtype)
+    weight, column_index, row_index = pack(layer, structure, dtype)
     bias = None
     if layer.bias is not None:  # placed like the rows, so the kernel adds it row for row
-        bias = torch.zeros(weight.shape[0] * weight.shape[1], dtype=x.dtype, device=weight.device)
-        bias[_kernel_rows(row_index, rows, weight.device)] = layer.bias.to(x.dtype)
+        bias = torch.zeros(weight.shape[0] * weight.shape[1], dtype=dtype, device=weight.device)
+        bias[_kernel_rows(row_index, rows, weight.device)] = layer.bias.to(dtype)
     return LayerPlan(
         **base, decision="sparse", kernel=found[0].name, reason="", weight=weight,
         column_index=column_index, row_index=row_index, bias=bias,
         geometry=conv_geometry(layer) if layer.kind == "conv2d" else (),
         candidates=tuple(kernel.name for kernel in found),
+        cast_input=dtype if dtype != x.dtype else None,
     )  # fmt: skip
 
 

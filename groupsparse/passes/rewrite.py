@@ -38,6 +38,8 @@ def replace_with_op(gm: fx.GraphModule, node: fx.Node, op, extra_args: tuple) ->
     source = node.kwargs.get("input", node.args[0] if node.args else None)
     prefix = buffer_prefix(gm, plan.name)
     with gm.graph.inserting_before(node):
+        if plan.cast_input is not None:  # compiled under autocast: cast as autocast would
+            source = gm.graph.call_method("to", (source, plan.cast_input))
         weight = _buffer(gm, f"{prefix}_weight", plan.weight)
         columns = _buffer(gm, f"{prefix}_columns", plan.column_index)
         bias = _buffer(gm, f"{prefix}_bias", plan.bias)

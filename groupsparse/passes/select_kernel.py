@@ -32,7 +32,7 @@ def _prepared(plan_: LayerPlan, name: str) -> LayerPlan:
 
 def _timed(plan_: LayerPlan, layer, x: torch.Tensor, context: CompileContext) -> LayerPlan:
     options = context.options
-    x = x.to(plan_.weight.device)
+    x = x.to(device=plan_.weight.device, dtype=plan_.weight.dtype)  # dense in the same precision
     options_by_name = {name: _prepared(plan_, name) for name in plan_.candidates}
     calls = {"dense": dense_call(layer, x)}
     calls.update((name, sparse_call(prepared, x)) for name, prepared in options_by_name.items())

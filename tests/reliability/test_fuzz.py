@@ -1,7 +1,8 @@
 """Fuzzed equivalence: random models, randomly pruned, compiled with ``decide="always"``,
-compute what the masked model computes (float32: max relative error under 1e-4, or under 3x
+compute what the masked model computes (float32: max relative error under 1e-4, or under 10x
 float32 eager's own error where the output is small against its intermediate values;
-bfloat16, one spec in four: under 3x bfloat16 eager's own error against float64).
+bfloat16, one spec in four: under 10x bfloat16 eager's own error against float64, or two
+bfloat16 roundings).
 
 Models (tests/reliability/fuzz_models.py) are built from conv2d (random kernel, stride,
 padding incl. "same"/"valid", dilation, channels, bias), linear (2-D and 3-D inputs),
@@ -105,17 +106,22 @@ def _masked(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> torch.nn.
     return _Float64(_zeroed(model, masks))
 
 
+# Eager's own error against float64 is one sample of the rounding this model suffers; another
+# summation order, and batch norm folded into weights (one more rounding per weight), can
+# give several times more where the output is small against its intermediate values: the
+# long fuzz found a 180 -> 1 head 4.2x eager's float32 error (spec 0, 10,000-example run).
+EAGER_FACTOR = 10
+
+
 def _tolerance(zeroed: torch.nn.Module, x: torch.Tensor, want: torch.Tensor) -> float:
-    """The error allowed against float64: 3x eager's own error in x's dtype (``zeroed`` is in
-    it), with a floor of RTOL for float32 (where the output is so much smaller than its
-    intermediate values that float32 cannot do better, eager's error is the larger) and of
-    two bfloat16 roundings for bfloat16. Eager runs without oneDNN here, for the reason in
-    ``_masked``."""
+    """The error allowed against float64: EAGER_FACTOR x eager's own error in x's dtype
+    (``zeroed`` is in it), with a floor of RTOL for float32 and of two roundings for
+    bfloat16. Eager runs without oneDNN here, for the reason in ``_masked``."""
     if not want.numel():
         return RTOL
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
         eager = max_relative_error(zeroed(x).to(want.dtype), want)
-    return max(RTOL if x.dtype == torch.float32 else 2**-7, 3 * eager)
+    return max(RTOL if x.dtype == torch.float32 else 2**-7, EAGER_FACTOR * eager)
 
 
 def _input(

@@ -16,10 +16,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
 import groupsparse as gs
+from groupsparse.runtime import kernels
 
 from .fuzz_models import build_model, make_masks
 
@@ -102,6 +104,7 @@ with torch.no_grad():
 print("tests imported:", any(name.startswith("tests") for name in sys.modules))
 
 import groupsparse as gs
+from groupsparse.runtime import kernels
 from tests.reliability.fuzz_models import build_model
 from tests.reliability.test_save_load import _spec
 other = gs.compile_sparse(build_model(_spec(seed=1)), torch.randn(2, 3, 8, 8), masks=io["masks"], decide="always")
@@ -189,3 +192,49 @@ def test_a_pruner_checkpoint_resumes_to_the_same_masks(tmp_path):
     assert abs(pruner.sparsity - 0.75) < 1e-9
     pruner.remove()
     resumed.remove()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_aotinductor_package_runs_in_a_fresh_process_that_only_imports_groupsparse(
+    tmp_path, dtype
+):
+    """torch.export of a compiled model, AOTInductor's package of it, and a fresh process that
+    loads the package after ``import groupsparse`` alone (the ops' C++ kernels registered by
+    the import): the same outputs as the compiled module."""
+    low = getattr(torch, dtype)
+    if kernels.kernel_of("grouped", "conv2d", "cpu").unavailable(low) is not None:
+        pytest.skip(kernels.kernel_of("grouped", "conv2d", "cpu").unavailable(low))
+    model, masks, _ = _compiled(seed=0)
+    fast = gs.compile_sparse(
+        model.to(low), torch.randn(2, 3, 8, 8).to(low), masks=masks, decide="always"
+    )
+    x = torch.randn(4, 3, 8, 8).to(low)
+    with torch.no_grad():
+        expected = fast(x)
+        program = torch.export.export(fast, (x,))
+    package = torch._inductor.aoti_compile_and_package(
+        program, package_path=str(tmp_path / "model.pt2")
+    )
+    assert any("groupsparse" in str(node.target) for node in program.graph.nodes)
+    torch.save({"x": x, "expected": expected}, tmp_path / "io.pt")
+    # Inductor generates the dense ops around ours: in bfloat16 its rounding can differ by an ulp
+    tolerance = 1e-5 if dtype == "float32" else 2**-6
+    output = _run_fresh(
+        f"TOLERANCE = {tolerance}\n"
+        + """
+import sys
+import torch
+import groupsparse
+io = torch.load("io.pt")
+model = torch._inductor.aoti_load_package("model.pt2")
+with torch.no_grad():
+    out = model(io["x"])
+error = (out.float() - io["expected"].float()).abs().max() / io["expected"].float().abs().max()
+print(bool(error < TOLERANCE), float(error))
+print("model code imported:", any(name.startswith("tests") for name in sys.modules))
+""",
+        cwd=tmp_path,
+    )
+    fits, error, *imported = output.split()
+    assert fits == "True", (error, package)
+    assert imported == ["model", "code", "imported:", "False"]
