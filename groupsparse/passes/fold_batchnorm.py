@@ -5,12 +5,21 @@ module left dense (ResNet's first conv) is folded into a copy of that conv's wei
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from .common import META_PLAN, CompileContext, constant_value
+from .common import (
+    CONV_FUNCTIONS,
+    META_LAYER,
+    META_PLAN,
+    CompileContext,
+    constant_value,
+    function_layer,
+)
 
 __all__ = ["fold_batchnorm"]
 
@@ -24,21 +33,37 @@ def _batchnorm_stats(gm: fx.GraphModule, node: fx.Node, context: CompileContext)
         gamma = module.weight.detach() if module.weight is not None else None
         beta = module.bias.detach() if module.bias is not None else None
         return module.running_mean, module.running_var, gamma, beta, module.eps
-    if node.op == "call_function" and node.target is F.batch_norm:
-        args = list(node.args) + [None] * 8
-        training = node.kwargs.get("training", args[5] if args[5] is not None else False)
-        if training:
-            return None
-        names = ("running_mean", "running_var", "weight", "bias")
-        values = [
-            constant_value(gm, node.kwargs.get(n, args[i + 1]), context)
-            for i, n in enumerate(names)
-        ]
-        if values[0] is None or values[1] is None:
-            return None
-        eps = node.kwargs.get("eps", args[7] if args[7] is not None else 1e-5)
-        return (*values, eps)
-    return None
+    if node.op != "call_function" or node.target not in _BATCH_NORM_FUNCTIONS:
+        return None
+    try:
+        bound = _BATCH_NORM_FUNCTIONS[node.target].bind(*node.args, **node.kwargs).arguments
+    except TypeError:
+        return None
+    if bound.get("training", False) is not False:
+        return None
+    names = ("running_mean", "running_var", "weight", "bias")
+    values = [constant_value(gm, bound.get(name), context) for name in names]
+    if values[0] is None or values[1] is None:
+        return None
+    return (*values, bound.get("eps", 1e-5))
+
+
+def _functional(input, running_mean, running_var, weight=None, bias=None, training=False,
+                momentum=0.1, eps=1e-5):  # fmt: skip
+    """F.batch_norm's parameters."""
+
+
+def _aten(input, weight, bias, running_mean, running_var, training, momentum, eps,
+          cudnn_enabled):  # fmt: skip
+    """aten.batch_norm's (torch.batch_norm's) parameters: torch.export records this one."""
+
+
+# every function form of an inference batch norm -> its signature, to read arguments by name
+_BATCH_NORM_FUNCTIONS = {
+    F.batch_norm: inspect.signature(_functional),
+    torch.batch_norm: inspect.signature(_aten),
+    torch.ops.aten.batch_norm.default: inspect.signature(_aten),
+}
 
 
 def _per_kernel_row(
@@ -102,32 +127,53 @@ def _fold_into_plan(gm: fx.GraphModule, node: fx.Node, context: CompileContext) 
     return True
 
 
+def _dense_conv(gm: fx.GraphModule, node: fx.Node, context: CompileContext):
+    """(input, weight, bias, stride, padding, dilation, groups) of a conv2d left to torch, a
+    module call or a function call on constant weights, where its BN can be folded in; else
+    None."""
+    if node.op == "call_module":
+        conv = gm.get_submodule(node.target)
+        if (len(node.args) != 1 or node.kwargs or type(conv) is not nn.Conv2d
+                or conv.padding_mode != "zeros" or isinstance(conv.padding, str)):  # fmt: skip
+            return None
+        bias = None if conv.bias is None else conv.bias.detach()
+        return (node.args[0], conv.weight.detach(), bias, conv.stride, conv.padding,
+                conv.dilation, conv.groups)  # fmt: skip
+    if node.op != "call_function" or CONV_FUNCTIONS.get(node.target) != 2:
+        return None
+    layer = node.meta.get(META_LAYER) or function_layer(gm, node, context)  # excluded: unmarked
+    if layer is None:
+        return None
+    if isinstance(layer.padding, str) or layer.padding_mode != "zeros" or layer.transposed:
+        return None
+    source = node.kwargs.get("input", node.args[0] if node.args else None)
+    return (source, layer.weight, layer.bias, layer.stride, layer.padding, layer.dilation,
+            layer.groups)  # fmt: skip
+
+
 def _fold_into_dense(gm: fx.GraphModule, node: fx.Node, context: CompileContext) -> bool:
-    """An nn.Conv2d module call (left dense) whose only user is an inference BN becomes an
-    F.conv2d on new folded buffers; the user's module is not touched."""
-    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
-        return False
-    conv = gm.get_submodule(node.target)
-    if type(conv) is not nn.Conv2d or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-        return False
-    found = _only_batchnorm_user(gm, node, context)
+    """A conv2d left dense (an nn.Conv2d module call, or a conv function on constant weights:
+    torch.export's graphs) whose only user is an inference BN becomes an F.conv2d on new
+    folded buffers; the user's module and weights are not touched."""
+    conv = _dense_conv(gm, node, context)
+    found = None if conv is None else _only_batchnorm_user(gm, node, context)
     if found is None:
         return False
+    source, conv_weight, conv_bias, stride, padding, dilation, groups = conv
     user, stats = found
-    channels = conv.out_channels
-    rows = torch.arange(channels, device=conv.weight.device)
-    bias = None if conv.bias is None else conv.bias.detach()
-    scale, new_bias = _scale_and_bias(stats, bias, rows, channels)
-    weight = conv.weight.detach().to(torch.float64) * scale.view(-1, 1, 1, 1)
-    dtype = conv.weight.dtype
-    prefix = "groupsparse_" + str(node.target).replace(".", "_") + "_folded"
+    channels = conv_weight.shape[0]
+    rows = torch.arange(channels, device=conv_weight.device)
+    scale, new_bias = _scale_and_bias(stats, conv_bias, rows, channels)
+    weight = conv_weight.to(torch.float64) * scale.view(-1, 1, 1, 1)
+    dtype = conv_weight.dtype
+    prefix = "groupsparse_" + re.sub(r"\W", "_", _name(node)) + "_folded"
     gm.register_buffer(prefix + "_weight", weight.to(dtype).contiguous())
     gm.register_buffer(prefix + "_bias", new_bias.to(dtype).contiguous())
     with gm.graph.inserting_before(node):
         weight_node = gm.graph.get_attr(prefix + "_weight")
         bias_node = gm.graph.get_attr(prefix + "_bias")
-        args = (node.args[0], weight_node, bias_node, conv.stride, conv.padding, conv.dilation)
-        call = gm.graph.call_function(F.conv2d, (*args, conv.groups))
+        args = (source, weight_node, bias_node, tuple(stride), tuple(padding), tuple(dilation))
+        call = gm.graph.call_function(F.conv2d, (*args, groups))
     call.meta.update(node.meta)
     user.replace_all_uses_with(call)
     gm.graph.erase_node(user)
@@ -135,10 +181,20 @@ def _fold_into_dense(gm: fx.GraphModule, node: fx.Node, context: CompileContext)
     return True
 
 
+def _name(node: fx.Node) -> str:
+    layer = node.meta.get(META_LAYER)
+    return (
+        layer.name
+        if layer is not None
+        else str(node.target if node.op == "call_module" else node.name)
+    )
+
+
 def fold_batchnorm(gm: fx.GraphModule, context: CompileContext) -> int:
-    """Guarantees: no sparse-planned conv2d, and no nn.Conv2d module call that stays dense, is
-    followed by an inference BatchNorm2d that is its only user; the plan's weight rows and bias
-    (or a folded copy of the dense conv's) absorb the normalization. Returns the count."""
+    """Guarantees: no sparse-planned conv2d, and no dense conv2d on constant weights (module or
+    function call), is followed by an inference batch norm (module, F.batch_norm or aten's)
+    that is its only user; the plan's weight rows and bias (or a folded copy of the dense
+    conv's) absorb the normalization. Returns the count."""
     folded = 0
     for node in list(gm.graph.nodes):
         plan = node.meta.get(META_PLAN)

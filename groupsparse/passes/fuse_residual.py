@@ -18,7 +18,17 @@ from .common import CompileContext, is_relu
 
 __all__ = ["fuse_residual"]
 
-_ADDS = {operator.add, operator.iadd, torch.add, torch.ops.aten.add.Tensor}
+_ADDS = {
+    operator.add,
+    operator.iadd,
+    torch.add,
+    torch.ops.aten.add.Tensor,
+    torch.ops.aten.add_.Tensor,
+}
+# these write into their first operand: the conv there can take the other as its residual (the
+# add's result, which the conv's output now is, is that operand's new value); a conv second
+# only when nothing else reads the first operand (its new value lives on as the add's result)
+_IN_PLACE = {operator.iadd, torch.ops.aten.add_.Tensor}
 
 
 def _conv_taking_residual(node: fx.Node, other, order: dict[fx.Node, int]) -> bool:
@@ -45,7 +55,11 @@ def fuse_residual(gm: fx.GraphModule, context: CompileContext) -> int:
         if add.op != "call_function" or add.target not in _ADDS or add.kwargs or len(add.args) != 2:
             continue
         left, right = add.args
-        for conv, other in ((left, right), (right, left)):
+        swappable = add.target not in _IN_PLACE or (
+            isinstance(left, fx.Node) and len(left.users) == 1
+        )
+        orders = ((left, right), (right, left)) if swappable else ((left, right),)
+        for conv, other in orders:
             if isinstance(conv, fx.Node) and _conv_taking_residual(conv, other, order):
                 break
         else:

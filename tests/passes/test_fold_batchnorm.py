@@ -69,3 +69,25 @@ def test_training_mode_batchnorm_is_not_folded():
         ),
     )
     assert 'getattr(self, "1")' in gm.code
+
+
+def test_batch_norms_fold_on_torch_export_graphs_too():
+    """aten.batch_norm after a rewritten conv joins its plan; after a conv left dense (here
+    excluded) it joins a folded copy of that conv's weights, as on fx graphs."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+    ).eval()  # fmt: skip
+    for norm in (model[1], model[4]):
+        with torch.no_grad():
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    group_sparsify(model, 0.75, 4)
+    fast = gs.compile_sparse(
+        model, torch.randn(2, 3, 8, 8), decide="always", exclude=["0"], capture_with="export"
+    )
+    assert fast.report.rewritten == ["3"]
+    assert "batch_norm" not in fast.code and "_folded_weight" in fast.code
+    x = torch.randn(3, 3, 8, 8)
+    assert max_relative_error(fast(x), model(x)) < 1e-4

@@ -97,3 +97,47 @@ def test_permuted_rows_are_put_back_before_the_add():
     fast = gs.compile_sparse(model, torch.randn(1, 16, 12, 12), decide="always")
     x = torch.randn(2, 16, 12, 12)
     assert max_relative_error(fast(x), model(x)) < 1e-4
+
+
+class _InPlaceShortcut(nn.Module):
+    """transformers' bottleneck order: the main branch first, the shortcut conv after it,
+    then ``main += shortcut`` (torch.export keeps the in-place add)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main, self.shortcut = nn.Conv2d(8, 16, 3, padding=1), nn.Conv2d(8, 16, 1)
+
+    def forward(self, x):
+        main = self.main(x)
+        main += self.shortcut(x)
+        return torch.relu(main)
+
+
+@pytest.mark.parametrize("capture", ["symbolic_trace", "export"])
+def test_an_add_into_the_earlier_branch_fuses_into_the_later_conv(capture):
+    model = _InPlaceShortcut().eval()
+    group_sparsify(model, 0.75, 4)
+    fast = gs.compile_sparse(model, torch.randn(2, 8, 6, 6), decide="always", capture_with=capture)
+    fused = [n for n in _convs(fast.graph_module) if _residual(n) is not None]
+    assert len(fused) == 1 and len(_convs(fast.graph_module)) == 2
+    assert "add" not in fast.code and "relu" not in fast.code.replace("True", "")
+    x = torch.randn(3, 8, 6, 6)
+    assert max_relative_error(fast(x), model(x)) < 1e-4
+
+
+def test_transformers_resnet_captured_by_export_folds_and_fuses_like_fx():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.ResNetConfig(
+        embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], layer_type="bottleneck"
+    )
+    torch.manual_seed(0)
+    model = transformers.ResNetModel(config).eval()
+    gs.prune(model, pattern="group", sparsity=0.75, group_size=8)
+    fast = gs.compile_sparse(model, torch.randn(1, 3, 32, 32), decide="always")
+    assert fast.report.capture == "export"
+    targets = {str(n.target) for n in fast.graph.nodes if n.op == "call_function"}
+    # every batch norm folded, every ReLU and shortcut add in a kernel's epilogue
+    assert not {t for t in targets if "batch_norm" in t or "relu" in t or "add" in t}, targets
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert max_relative_error(fast(x)[0], model(x).last_hidden_state) < 1e-4
