@@ -43,6 +43,24 @@ struct Tap {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// dst[2i] = first[i], dst[2i + 1] = second[i] for i < n: two panel rows as one row of VNNI
+// pairs, as 32-bit words (the compiler vectorises it; a clone per ISA, picked at load time)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+inline void interleave_pairs(const uint16_t* first, const uint16_t* second, uint32_t* dst,
+                             int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = uint32_t(first[i]) | (uint32_t(second[i]) << 16);
+}
+
+// float -> bfloat16, rounded to nearest even, NaN kept a (quiet) NaN: as c10::BFloat16's
+// constructor, written so that a loop of it vectorises
+inline uint16_t bfloat16_bits(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  const uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return (bits & 0x7FFFFFFFu) > 0x7F800000u ? uint16_t(0x7FC0u) : uint16_t(rounded);
+}
+
+
 // floor(a / b) for b > 0 and any a
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
@@ -101,7 +119,18 @@ inline void brgemm(int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, in
 // The epilogue: target[r * ld + i] = relu?(c[r * ldc + i] + row_bias[r] + column_bias[i] +
 // shortcut[r * ld + i]) for r < m, i < n; every term optional, each combination its own loop
 // (no test per element), so that the compiler vectorises it. c may be target (T float).
+// float -> T for the epilogue's stores (bfloat16 by bfloat16_bits, which vectorises)
+template <typename T>
+inline T narrow(float value) {
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    return at::BFloat16(bfloat16_bits(value), at::BFloat16::from_bits());
+  } else {
+    return static_cast<T>(value);
+  }
+}
+
 template <typename T, bool RowBias, bool ColumnBias, bool Shortcut, bool Relu>
+__attribute__((target_clones("avx512f", "avx2", "default")))
 void store_block(const float* c, int64_t ldc, T* target, int64_t ld, int64_t m, int64_t n,
                  const T* row_bias, const T* column_bias, const T* shortcut) {
   for (int64_t r = 0; r < m; ++r) {
@@ -115,7 +144,7 @@ void store_block(const float* c, int64_t ldc, T* target, int64_t ld, int64_t m, 
       if constexpr (ColumnBias) v += static_cast<float>(column_bias[i]);
       if constexpr (Shortcut) v += static_cast<float>(extra[i]);
       if constexpr (Relu) v = v > 0.f ? v : 0.f;
-      to[i] = static_cast<T>(v);
+      to[i] = narrow<T>(v);
     }
   }
 }

@@ -12,13 +12,17 @@
 namespace groupsparse {
 namespace {
 
-// output pixels per tile: the panel (k columns x tile pixels) about kPanelBytes, at least 16
-// pixels, balanced over the image, a multiple of 16 where the image allows
-constexpr int64_t kPanelBytes = 96 * 1024;
+// output pixels per tile: the panel (k columns x tile pixels) about kPanelBytes, so that it
+// and a group's weights stay in L2 for the product; at least 16 pixels (brgemm vectorises
+// over them), at most kMaxTile, balanced over the image, a multiple of 16 where it allows.
+// 256 KB measured best of 64 / 128 / 256 / 512 KB on VGG's 256-channel 56x56 and a
+// 512-channel 14x14 3x3 conv at 75% and 90% (1 thread, AMD EPYC Zen 4; docs/decisions/cpu-kernels.md)
+constexpr int64_t kPanelBytes = 256 * 1024;
+constexpr int64_t kMaxTile = 512;
 
 int64_t tile_pixels(int64_t pixels, int64_t kept, int64_t item) {
   const int64_t budget = std::max<int64_t>(16, kPanelBytes / std::max<int64_t>(kept * item, 1));
-  const int64_t tiles = ceil_div(pixels, std::min<int64_t>(budget, 512));
+  const int64_t tiles = ceil_div(pixels, std::min<int64_t>(budget, kMaxTile));
   const int64_t tile = ceil_div(pixels, tiles);
   return std::min(pixels, ceil_div(tile, 16) * 16);
 }
@@ -53,9 +57,10 @@ void run(const ConvArgs& args) {
   const int64_t pairs = paired<T>(kept);
   // work items: (image, tile, group), groups innermost so that a tile's input stays in cache
   at::parallel_for(0, batch * tiles * groups, 1, [&](int64_t begin, int64_t end) {
-    thread_local Scratch panel_scratch, c_scratch;
+    thread_local Scratch panel_scratch, c_scratch, pair_scratch_;
     T* panel = panel_scratch.get<T>((kept + 1) * tile);
     float* scratch = c_scratch.get<float>(rows * tile);
+    T* pair_scratch = pair_scratch_.get<T>(2 * tile);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t group = item % groups, image = item / (groups * tiles);
       const int64_t first = (item / groups) % tiles * tile;
@@ -64,11 +69,25 @@ void run(const ConvArgs& args) {
       if (m <= 0) continue;
       const T* source = x + image * channels * height * width;
       const Tap* group_taps = taps.data() + group * kept;
-      for (int64_t j = 0; j < kept; ++j) {
-        int64_t stride = 1;
-        T* dst = (kVnni<T> && j == pairs) ? panel + pairs * n : panel_row(panel, j, n, &stride);
-        gather_column(source + group_taps[j].plane, height, width, group_taps[j], g, out_w,
-                      first, n, dst, stride);
+      const T* image_source = source;
+      auto gather = [&](int64_t j, T* dst) {
+        gather_column(image_source + group_taps[j].plane, height, width, group_taps[j], g,
+                      out_w, first, n, dst, 1);
+      };
+      if constexpr (kVnni<T>) {
+        // each pair of columns gathered plainly, then interleaved into one row of pairs
+        T* even = pair_scratch;
+        T* odd = pair_scratch + tile;
+        for (int64_t j = 0; j < pairs; j += 2) {
+          gather(j, even);
+          gather(j + 1, odd);
+          interleave_pairs(reinterpret_cast<const uint16_t*>(even),
+                           reinterpret_cast<const uint16_t*>(odd),
+                           reinterpret_cast<uint32_t*>(panel + j * n), n);
+        }
+        if (pairs < kept) gather(pairs, panel + pairs * n);  // the odd last, a plain row
+      } else {
+        for (int64_t j = 0; j < kept; ++j) gather(j, panel + j * n);
       }
       T* target = out + (image * out_channels + group * rows) * pixels + first;
       // float32 writes the product straight into the output; others through a float tile
