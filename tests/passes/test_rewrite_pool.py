@@ -80,15 +80,16 @@ def pool_cases(draw):
     ceil_mode = draw(st.booleans())
     shape = (draw(st.integers(1, 2)), draw(st.integers(1, 5)),
              draw(st.integers(8, 40)), draw(st.integers(8, 40)))  # fmt: skip
-    return shape, kernel, stride, padding, dilation, ceil_mode, draw(st.booleans())
+    dtype = draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    return shape, kernel, stride, padding, dilation, ceil_mode, draw(st.booleans()), dtype
 
 
 @needs_native
 @settings(max_examples=60, deadline=None)
 @given(pool_cases())
 def test_native_max_pool_equals_torch(case):
-    shape, kernel, stride, padding, dilation, ceil_mode, channels_last = case
-    x = torch.randn(shape)
+    shape, kernel, stride, padding, dilation, ceil_mode, channels_last, dtype = case
+    x = torch.randn(shape).to(dtype)
     x.view(-1)[:: 7 + shape[-1]] = float("nan")
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -107,8 +108,9 @@ def test_bad_pools_raise_torch_errors():
 
 @needs_native
 def test_max_pool_takes_other_dtypes_and_layouts_to_torch():
-    """The C++ kernel runs contiguous NCHW float32; everything else is torch's own pool."""
-    for x in (torch.randn(1, 2, 8, 8).double(), torch.randn(1, 2, 8, 8).bfloat16(),
+    """The C++ kernel runs contiguous NCHW float32, bfloat16 and float16; everything else is
+    torch's own pool."""
+    for x in (torch.randn(1, 2, 8, 8).double(), torch.randint(-9, 9, (1, 2, 8, 8)).float().long(),
               torch.randn(1, 2, 8, 8)[:, :, ::2], torch.randn(2, 8, 8)):  # fmt: skip
         want = F.max_pool2d(x, 2, 2)
         torch.testing.assert_close(max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], False), want)

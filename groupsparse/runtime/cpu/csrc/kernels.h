@@ -39,7 +39,8 @@ void grouped_linear(const LinearArgs& args);
 // where k is odd. Done once, at plan time.
 at::Tensor pack_linear_weight(const at::Tensor& weight);
 
-// F.max_pool2d's values for contiguous (..., H, W) float32 x into out (..., OH, OW)
+// F.max_pool2d's values for contiguous (..., H, W) x into out (..., OH, OW): float32,
+// bfloat16 or float16
 void max_pool2d_into(const at::Tensor& x, at::Tensor& out, const int64_t kernel[2],
                 const int64_t stride[2], const int64_t padding[2], const int64_t dilation[2]);
 

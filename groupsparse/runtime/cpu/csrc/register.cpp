@@ -169,7 +169,9 @@ int64_t pool_size(int64_t size, int64_t kernel, int64_t stride, int64_t padding,
 
 at::Tensor max_pool2d(const at::Tensor& x, at::IntArrayRef kernel, at::IntArrayRef stride,
                       at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  const bool native = x.scalar_type() == at::kFloat && (x.dim() == 3 || x.dim() == 4) &&
+  const auto dtype = x.scalar_type();
+  const bool native = (dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf) &&
+                      (x.dim() == 3 || x.dim() == 4) &&
                       x.is_contiguous() && kernel.size() == 2 && stride.size() == 2 &&
                       padding.size() == 2 && dilation.size() == 2;
   if (!native || 2 * padding[0] > kernel[0] || 2 * padding[1] > kernel[1]) {
