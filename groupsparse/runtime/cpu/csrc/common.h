@@ -216,6 +216,20 @@ void add_last_column(int64_t m, int64_t n, int64_t k, const T* a, const T* last,
   }
 }
 
+// C (m x n) = the group's weights (m x k) @ the panel (k x n): brgemm over the pairs of a VNNI
+// panel, the odd last column by hand; no kept column at all leaves C zero
+template <typename T>
+void multiply(const T* a, const T* panel, int64_t m, int64_t n, int64_t kept, float* c,
+              int64_t ldc) {
+  const int64_t pairs = paired<T>(kept);
+  if (pairs > 0) {
+    brgemm(m, n, pairs, kept, n, ldc, a, panel, c);
+  } else {
+    for (int64_t r = 0; r < m; ++r) std::fill(c + r * ldc, c + r * ldc + n, 0.f);
+  }
+  if (pairs < kept) add_last_column(m, n, kept, a, panel + pairs * n, c, ldc);
+}
+
 // one thread's scratch, grown on demand and kept for the thread's next call
 struct Scratch {
   std::vector<char> bytes;

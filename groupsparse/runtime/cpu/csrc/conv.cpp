@@ -27,20 +27,6 @@ int64_t tile_pixels(int64_t pixels, int64_t kept, int64_t item) {
   return std::min(pixels, ceil_div(tile, 16) * 16);
 }
 
-// C (m x n) = the group's weights (m x k) @ the panel (k x n): brgemm over the pairs of a VNNI
-// panel, the odd last column by hand; no kept column at all leaves C zero
-template <typename T>
-void multiply(const T* a, const T* panel, int64_t m, int64_t n, int64_t kept, float* c,
-              int64_t ldc) {
-  const int64_t pairs = paired<T>(kept);
-  if (pairs > 0) {
-    brgemm(m, n, pairs, kept, n, ldc, a, panel, c);
-  } else {
-    for (int64_t r = 0; r < m; ++r) std::fill(c + r * ldc, c + r * ldc + n, 0.f);
-  }
-  if (pairs < kept) add_last_column(m, n, kept, a, panel + pairs * n, c, ldc);
-}
-
 // Stride-1 convs on narrow images (out_w < kWideBelow): the input is zero-padded once per
 // call and the tiles run over a "wide grid" of padded-width rows, so that each kept column of
 // a tile is one contiguous run of the padded image (one copy, or one interleave of two runs
