@@ -33,7 +33,7 @@ from groupsparse.runtime.cuda import (
     conv_strided_gemm,
     linear_gemm,
 )
-from groupsparse.runtime.cuda_kernels import (
+from groupsparse.runtime.cuda.nvrtc_source import (
     ELEMENT_KINDS,
     KERNEL_PARAMS,
     KERNEL_SOURCE,

@@ -1,4 +1,4 @@
-"""The fused Triton kernels (runtime/triton_fused.py) run through Triton's CPU interpreter: same
+"""The fused Triton kernels (runtime/cuda/triton_fused.py) run through Triton's CPU interpreter: same
 function as the dense conv2d / linear of the masked weight, for strides, padding, dilation,
 batches, group sizes that are not a power of two, kept counts that are not a multiple of the
 tile, bias and ReLU. Skipped where Triton is not installed (it comes with torch's CUDA builds).
@@ -60,7 +60,7 @@ def _index_from_size_one_arrays() -> None:
 @pytest.fixture(scope="module")
 def fused():
     _index_from_size_one_arrays()
-    from groupsparse.runtime import triton_fused
+    from groupsparse.runtime.cuda import triton_fused
 
     assert triton_fused.INTERPRETED
     return triton_fused
@@ -157,7 +157,7 @@ def test_transpose_is_x_t(fused, shape):
 
 
 def test_wide_plan_applies_to_stride_1_on_images_wide_enough():
-    from groupsparse.runtime.triton_fused import wide_plan
+    from groupsparse.runtime.cuda.triton_fused import wide_plan
 
     same = (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
     assert wide_plan(same, 56, 56) == (64, 58, 58 * 64)

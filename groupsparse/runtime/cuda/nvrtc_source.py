@@ -1,5 +1,5 @@
 """CUDA C++ source of the groupsparse GPU kernels, kept as text so that it can be compiled at
-run time with NVRTC (``runtime/cuda.py``), compiled to PTX in a test on a machine without a GPU,
+run time with NVRTC (``runtime/cuda/driver.py``), compiled to PTX in a test on a machine without a GPU,
 and compiled as plain C++ by a host shim in a test that runs the kernels' index arithmetic on
 the CPU. Nothing here imports cuda-python.
 

@@ -10,7 +10,7 @@ the input through memory twice (write, then read by the GEMM): for a 512->512 3x
 0.25 ms for the whole dense layer. Fused, the gathered tile lives in registers and shared
 memory; the input is read from L2, where the groups that share it find it.
 
-Imported only by ``runtime/cuda.py``, and only where Triton is installed (it comes with
+Imported only by ``runtime/cuda/fused.py``, and only where Triton is installed (it comes with
 PyTorch's CUDA builds). ``TRITON_INTERPRET=1`` runs the same kernels on the CPU through
 Triton's interpreter, which is how the tests check their index arithmetic without a GPU.
 
