@@ -1,6 +1,6 @@
 """groupsparse: a PyTorch compiler that makes pruned conv and linear layers actually faster."""
 
-from .compiler import Report, SparseModule, compile_sparse
+from .compiler import Report, SparseLayer, SparseModule, compile_sparse, sparsify_, unsparsify_
 from .inspection import Inspection, inspect
 from .layers import from_gemm_view, gemm_view, layer_kind, prunable_layers
 from .patterns import (
@@ -39,6 +39,7 @@ __all__ = [
     "Pruner",
     "Random",
     "Report",
+    "SparseLayer",
     "SparseModule",
     "Taylor",
     "VectorWise",
@@ -52,5 +53,7 @@ __all__ = [
     "prune",
     "resolve_criterion",
     "resolve_pattern",
+    "sparsify_",
+    "unsparsify_",
 ]
 __version__ = "0.1.0"
