@@ -1,6 +1,15 @@
 """groupsparse: a PyTorch compiler that makes pruned conv and linear layers actually faster."""
 
-from .compiler import Report, SparseLayer, SparseModule, compile_sparse, sparsify_, unsparsify_
+from .compiler import (
+    Report,
+    SparseLayer,
+    SparseModule,
+    compile_sparse,
+    export_package,
+    load_package,
+    sparsify_,
+    unsparsify_,
+)
 from .inspection import Inspection, inspect
 from .layers import from_gemm_view, gemm_view, layer_kind, prunable_layers
 from .patterns import (
@@ -45,10 +54,12 @@ __all__ = [
     "VectorWise",
     "compile_sparse",
     "existing_masks",
+    "export_package",
     "from_gemm_view",
     "gemm_view",
     "inspect",
     "layer_kind",
+    "load_package",
     "prunable_layers",
     "prune",
     "resolve_criterion",

@@ -3,6 +3,7 @@ report."""
 
 from .capture import CaptureError, capture
 from .compile import SparseModule, compile_sparse
+from .package import export_package, load_package
 from .pipeline import PIPELINE, PassError, run_pipeline
 from .report import Report, ReportRow
 from .sparsify import SparseLayer, sparse_layers, sparsify_, unsparsify_
@@ -17,6 +18,8 @@ __all__ = [
     "SparseModule",
     "capture",
     "compile_sparse",
+    "export_package",
+    "load_package",
     "run_pipeline",
     "sparse_layers",
     "sparsify_",
