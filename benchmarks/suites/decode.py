@@ -10,7 +10,7 @@ Models (random weights from configs, no download): ``gpt2`` is GPT2LMHeadModel w
 GPT2Config's defaults (124M parameters; its LM head is tied to the token embedding, so
 ``gs.prune`` leaves it unpruned and ``sparsify_`` dense), ``llama`` a LlamaForCausalLM from a
 small LlamaConfig (``LLAMA``: hidden 1536, 16 layers, MLP 4096, 12 heads with 4 KV heads,
-vocabulary 32000, untied head: 0.55B parameters). A spec may change config fields:
+vocabulary 32000, untied head: 0.50B parameters). A spec may change config fields:
 ``llama:num_hidden_layers=2``.
 
 For each model and sparsity the float32 model is pruned group-wise (magnitude, one shot,
@@ -61,7 +61,7 @@ from ..timing import OtherLoad
 
 __all__ = ["LLAMA", "MODELS", "bandwidth", "build", "main", "weight_bytes_per_token"]
 
-# about 0.55B parameters: 16 layers of 28M (attention with 4 of 12 heads for keys and values,
+# about 0.50B parameters: 16 layers of 25M (attention with 4 of 12 heads for keys and values,
 # a 4096-wide gated MLP) and two 49M vocabulary matrices (embedding, untied head)
 LLAMA = {
     "hidden_size": 1536, "intermediate_size": 4096, "num_hidden_layers": 16,
