@@ -23,7 +23,8 @@ def test_a_tiny_gpt2_is_timed_dense_and_sparse_and_recorded(tmp_path):
     try:
         code = decode.main([
             "--models", TINY, "--sparsities", "0.75", "--dtypes", "float32", "--prompt", "8",
-            "--new-tokens", "4", "--runs", "1", "--bandwidth-runs", "1", "--out", str(tmp_path),
+            "--new-tokens", "4", "--runs", "1", "--bandwidth-runs", "1", "--decide", "cost",
+            "--out", str(tmp_path),
         ])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
