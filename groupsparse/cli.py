@@ -7,6 +7,9 @@ The other subcommands are a thin layer over the Python API:
 - ``compile MODEL [--masks FILE] --out FILE``: ``gs.compile_sparse``; FILE holds what is
   needed to compile the model again (not the compiled module).
 - ``inspect SAVED|MODEL [--time] [--html DIR]``: ``gs.inspect``.
+- ``export MODEL [--masks FILE] --out FILE.pt2``: ``gs.compile_sparse``, then
+  ``gs.export_package`` (``torch.export`` and AOTInductor): a package that any process runs
+  after ``import groupsparse`` (``gs.load_package``), with no model code.
 
 MODEL is a built-in name (``groupsparse.models.MODEL_NAMES``) or ``path/to/file.py:function``,
 a function taking no argument that returns ``(model, example_inputs)``. Models are built
@@ -205,6 +208,25 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import groupsparse as gs
+
+    if not args.out.endswith(".pt2"):
+        raise SystemExit(f"groupsparse: --out must name a .pt2 file; got {args.out!r}")
+    model, example = load_model(args.model, args.batch, args.seed)
+    example = example if isinstance(example, tuple) else (example,)
+    masks, _ = _masks_for(args, model)
+    compiled = gs.compile_sparse(model, example, masks=masks, **_compile_settings(args))
+    print(compiled.report)
+    path = gs.export_package(compiled, example, args.out)
+    shapes = ", ".join(str(tuple(x.shape)) for x in example if isinstance(x, torch.Tensor))
+    print(
+        f"wrote {path}: an AOTInductor package taking inputs of shape {shapes}; run it with "
+        f"`import groupsparse; model = groupsparse.load_package({str(path)!r})`"
+    )
+    return 0
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     import groupsparse as gs
 
@@ -312,6 +334,23 @@ def _parser() -> argparse.ArgumentParser:
     _add_compile_options(compile_)
     _add_model_options(compile_)
     compile_.set_defaults(run=_cmd_compile)
+
+    export = commands.add_parser(
+        "export", help="prune (or load masks), compile and write an AOTInductor package (.pt2)",
+        description="Compile a MODEL and write it as an AOTInductor package: torch.export of "
+        "the compiled model, compiled ahead of time with its weights. A process that imports "
+        "groupsparse runs it with no model code: groupsparse.load_package(FILE). It takes "
+        "inputs of the example's shapes (--batch).",
+    )  # fmt: skip
+    export.add_argument("model", help="a built-in model name or path/to/file.py:function")
+    export.add_argument("--out", required=True, help="the package to write (a .pt2 file)")
+    export.add_argument(
+        "--masks", help="masks written by `groupsparse prune` (instead of the pruning options)"
+    )
+    _add_prune_options(export)
+    _add_compile_options(export)
+    _add_model_options(export)
+    export.set_defaults(run=_cmd_export)
 
     inspect = commands.add_parser(
         "inspect", help="per-layer table, graph after each pass, before/after diff, and an HTML report",

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from ..layers import is_prunable, layer_kind
+
 __all__ = [
     "CONV_FUNCTIONS",
     "LINEAR_FUNCTIONS",
@@ -219,7 +221,8 @@ def constant_name(gm: fx.GraphModule, node: Any, context: CompileContext) -> str
 
 
 def module_layer(name: str, module: nn.Module) -> PrunableLayer | None:
-    """The layer record of an nn.Conv*d / nn.Linear module."""
+    """The layer record of an nn.Conv*d / nn.Linear module or transformers' Conv1D (its
+    weight transposed to the (out, in) view, ``transposed`` set)."""
     weight = getattr(module, "weight", None)
     if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):  # torch.nn.utils.prune
         weight = module.weight_orig * module.weight_mask
@@ -229,6 +232,8 @@ def module_layer(name: str, module: nn.Module) -> PrunableLayer | None:
     bias = None if bias is None else bias.detach()
     if isinstance(module, nn.Linear):
         return PrunableLayer(name, "linear", weight.detach(), bias)
+    if is_prunable(module) and layer_kind(module) == "transposed_linear":
+        return PrunableLayer(name, "linear", weight.detach().t(), bias, transposed=True)
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         kind = f"conv{len(module.kernel_size)}d"
         if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):

@@ -29,8 +29,11 @@ __all__ = [
     "dense_call",
     "pack",
     "plan",
+    "plan_layer",
+    "prepared",
     "should_rewrite",
     "sparse_call",
+    "unpack",
 ]
 
 
@@ -107,9 +110,16 @@ def conv_geometry(layer: PrunableLayer) -> tuple[int, ...]:
 
 
 def should_rewrite(
-    layer: PrunableLayer, structure: LayerStructure, example: torch.Tensor | None
+    layer: PrunableLayer,
+    structure: LayerStructure,
+    example: torch.Tensor | None,
+    *,
+    needs_example: bool = True,
 ) -> Refusal | bool:
-    """True when the layer can run as a grouped GEMM; otherwise a Refusal saying why."""
+    """True when the layer can run as a grouped GEMM; otherwise a Refusal saying why.
+
+    ``needs_example=False`` judges a layer with no example input on itself alone (sparsify_
+    without example inputs) instead of refusing it."""
     if layer.kind not in ("conv2d", "linear"):
         return Refusal(f"{layer.kind} is not supported yet (conv2d and linear are)")
     if layer.kind == "conv2d":
@@ -122,8 +132,9 @@ def should_rewrite(
         if example is not None and example.dim() != 4:
             return Refusal(f"conv2d on a {example.dim()}-D input is not supported (4-D NCHW is)")
     if example is None:
-        return Refusal("the example inputs never reach this layer, so it cannot be checked")
-    if not example.dtype.is_floating_point:
+        if needs_example:
+            return Refusal("the example inputs never reach this layer, so it cannot be checked")
+    elif not example.dtype.is_floating_point:
         return Refusal(f"input dtype {example.dtype} is not a floating type")
     if structure.pattern == "dense":
         return Refusal("nothing is pruned")
@@ -161,6 +172,24 @@ def pack(
         position[group_rows] = group * size + torch.arange(group_rows.numel())
     row_index = None if torch.equal(position, torch.arange(rows)) else position.to(matrix.device)
     return weight, index.contiguous(), row_index
+
+
+def unpack(
+    weight: torch.Tensor, column_index: torch.Tensor, row_index: torch.Tensor | None, rows: int,
+    columns: int,
+) -> torch.Tensor:  # fmt: skip
+    """``pack``'s inverse: the (M, K) matrix of ``rows`` x ``columns`` whose kept entries are
+    the (groups, G, k) ``weight`` and every other entry zero. The padding ``pack`` added (zero
+    weights on a repeated column, zero rows) adds nothing."""
+    groups, size, kept = weight.shape
+    kernel_rows = torch.arange(groups * size, device=weight.device).reshape(groups, size, 1)
+    matrix = torch.zeros(groups * size, columns, dtype=weight.dtype, device=weight.device)
+    matrix.index_put_(
+        (kernel_rows.expand(groups, size, kept), column_index[:, None, :].expand(-1, size, -1)),
+        weight,
+        accumulate=True,
+    )
+    return matrix[_kernel_rows(row_index, rows, weight.device)]
 
 
 def _kernel_rows(row_index: torch.Tensor | None, rows: int, device: torch.device) -> torch.Tensor:
@@ -212,9 +241,27 @@ def _flops(
     return 2 * rows * columns * positions, 2 * kept_columns_total * positions
 
 
-def _plan_layer(
-    layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor | None, context: CompileContext
+def prepared(plan_: LayerPlan, name: str) -> LayerPlan:
+    """The plan on registry kernel ``name``, its (groups, G, k) weights laid out as that kernel
+    reads them (``Kernel.prepare``)."""
+    kernel = kernels.kernel_of(name, plan_.kind, plan_.weight.device.type)
+    return plan_.replaced(kernel=name, weight=kernel.prepare(plan_.weight))
+
+
+def plan_layer(
+    layer: PrunableLayer,
+    structure: LayerStructure,
+    x: torch.Tensor | None,
+    kernel: str,
+    dtype: torch.dtype,
+    device: str,
+    *,
+    needs_example: bool = True,
 ) -> LayerPlan:
+    """One layer's plan for ``kernel=`` (a registry name) computing in ``dtype`` on ``device``:
+    packed weights and the registry kernels that run it here, or dense and why. ``x`` is the
+    layer's example input (its FLOPs, its checks; cast to ``dtype`` when it differs); with
+    ``needs_example=False`` a layer without one is planned on itself alone (sparsify_)."""
     rows, columns = layer.gemm_shape
     kept_total = sum(
         r.numel() * c.numel() for r, c in zip(structure.group_rows, structure.group_columns)
@@ -229,11 +276,10 @@ def _plan_layer(
         "kept_fraction": structure.kept_fraction, "pattern": structure.pattern,
         "flops_dense": flops_dense, "flops_sparse": flops_dense if structure.pattern != "group" else flops_sparse,
     }  # fmt: skip
-    verdict = should_rewrite(layer, structure, x)
+    verdict = should_rewrite(layer, structure, x, needs_example=needs_example)
     if not verdict:
         return LayerPlan(**base, decision="dense", kernel="dense", reason=str(verdict))
-    dtype = context.compute_dtype(x.dtype)
-    found, why = kernels.candidates(context.options.kernel, layer.kind, x.device.type, dtype)
+    found, why = kernels.candidates(kernel, layer.kind, device, dtype)
     if not found:
         return LayerPlan(
             **base, decision="dense", kernel="dense", reason=f"no kernel runs it here ({why})"
@@ -248,8 +294,16 @@ def _plan_layer(
         column_index=column_index, row_index=row_index, bias=bias,
         geometry=conv_geometry(layer) if layer.kind == "conv2d" else (),
         candidates=tuple(kernel.name for kernel in found),
-        cast_input=dtype if dtype != x.dtype else None,
+        cast_input=dtype if x is not None and dtype != x.dtype else None,
     )  # fmt: skip
+
+
+def _plan_layer(
+    layer: PrunableLayer, structure: LayerStructure, x: torch.Tensor | None, context: CompileContext
+) -> LayerPlan:
+    dtype = context.compute_dtype(x.dtype) if x is not None else layer.weight.dtype
+    device = x.device.type if x is not None else layer.weight.device.type
+    return plan_layer(layer, structure, x, context.options.kernel, dtype, device)
 
 
 def plan(gm: fx.GraphModule, context: CompileContext) -> int:

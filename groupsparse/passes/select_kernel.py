@@ -9,6 +9,7 @@ the layer is rewritten only when that kernel beats dense by ``min_speedup``.
 dense one, on the preferred kernel; ``decide="always"`` rewrites every planned layer.
 The plan keeps the (groups, G, k) weights; each kernel's own layout of them
 (``Kernel.prepare``) is made for timing here and for the graph by prepare_weights, last.
+The per-layer rule, ``decide``, is also how ``gs.sparsify_`` decides each layer.
 """
 
 from __future__ import annotations
@@ -18,24 +19,16 @@ from torch import fx
 
 from ..runtime import kernels, tuning
 from ..timing import time_graphs_side_by_side, time_side_by_side
-from .common import META_INPUT, META_LAYER, META_PLAN, CompileContext
-from .plan import LayerPlan, dense_call, sparse_call
+from .common import META_INPUT, META_LAYER, META_PLAN, CompileContext, CompileOptions
+from .plan import LayerPlan, dense_call, prepared, sparse_call
 
-__all__ = ["select_kernel"]
-
-
-def _prepared(plan_: LayerPlan, name: str) -> LayerPlan:
-    """The plan on kernel ``name``, its weights laid out as that kernel reads them."""
-    kernel = kernels.kernel_of(name, plan_.kind, plan_.weight.device.type)
-    return plan_.replaced(kernel=name, weight=kernel.prepare(plan_.weight))
+__all__ = ["decide", "select_kernel"]
 
 
-def _timed(plan_: LayerPlan, layer, x: torch.Tensor, context: CompileContext) -> LayerPlan:
-    options = context.options
+def _timed(plan_: LayerPlan, layer, x: torch.Tensor, options: CompileOptions) -> LayerPlan:
     x = x.to(device=plan_.weight.device, dtype=plan_.weight.dtype)  # dense in the same precision
-    options_by_name = {name: _prepared(plan_, name) for name in plan_.candidates}
     calls = {"dense": dense_call(layer, x)}
-    calls.update((name, sparse_call(prepared, x)) for name, prepared in options_by_name.items())
+    calls.update((name, sparse_call(prepared(plan_, name), x)) for name in plan_.candidates)
     timing = time_side_by_side
     if options.cuda_graph and x.device.type == "cuda":
         timing = time_graphs_side_by_side
@@ -60,8 +53,10 @@ def _timed(plan_: LayerPlan, layer, x: torch.Tensor, context: CompileContext) ->
     return timed.replaced(reason=f"{speedup:.2f}x faster than dense on the example input")
 
 
-def _decided(plan_: LayerPlan, layer, x: torch.Tensor, context: CompileContext) -> LayerPlan:
-    options = context.options
+def decide(plan_: LayerPlan, layer, x: torch.Tensor | None, options: CompileOptions) -> LayerPlan:
+    """A "sparse" plan decided per ``options.decide``: kept sparse on one kernel, with the
+    reason, or made dense and why; ``x`` (the layer's example input) is timed on for
+    ``decide="time"``. compile_sparse (this pass) and sparsify_ decide each layer so."""
     if options.decide == "always":
         return plan_.replaced(reason="rewritten: decide='always'")
     if options.decide == "cost":
@@ -74,7 +69,9 @@ def _decided(plan_: LayerPlan, layer, x: torch.Tensor, context: CompileContext) 
                 f"(> {options.max_kept_fraction:.0%})"
             )
         return plan_.replaced(reason=f"cost model: keeps {padded_fraction:.0%} of the GEMM")
-    return _timed(plan_, layer, x, context)
+    if x is None:
+        raise ValueError(f"decide='time' needs an example input for layer {plan_.name!r}")
+    return _timed(plan_, layer, x, options)
 
 
 def select_kernel(gm: fx.GraphModule, context: CompileContext) -> int:
@@ -85,7 +82,7 @@ def select_kernel(gm: fx.GraphModule, context: CompileContext) -> int:
         plan_ = node.meta.get(META_PLAN)
         if plan_ is None or plan_.decision != "sparse":
             continue
-        plan_ = _decided(plan_, node.meta[META_LAYER], node.meta.get(META_INPUT), context)
+        plan_ = decide(plan_, node.meta[META_LAYER], node.meta.get(META_INPUT), context.options)
         node.meta[META_PLAN] = plan_
         rewritten += plan_.decision == "sparse"
     return rewritten

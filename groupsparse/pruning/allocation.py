@@ -50,6 +50,7 @@ __all__ = [
     "global_allocation",
     "not_accelerated",
     "select_layers",
+    "shared_weights",
     "skipped_summary",
 ]
 
@@ -131,16 +132,26 @@ def _owners(model: nn.Module) -> dict[int, list[tuple[str, nn.Module]]]:
     return owners
 
 
-def _why_not_accelerated(
+def _why_shared(
     name: str, module: nn.Module, owners: Mapping[int, list[tuple[str, nn.Module]]]
 ) -> str | None:
-    """Why the compiler cannot make ``module`` faster, or None when it can."""
+    """Why ``module``'s weight is not its own (tied to an embedding, shared), or None."""
     others = [(other, owner) for other, owner in owners.get(id(module.weight), []) if other != name]
     for other, owner in others:
         if isinstance(owner, nn.Embedding):
             return f"weight tied to embedding {other!r}"
     if others:
         return f"weight shared with {others[0][0]!r}"
+    return None
+
+
+def _why_not_accelerated(
+    name: str, module: nn.Module, owners: Mapping[int, list[tuple[str, nn.Module]]]
+) -> str | None:
+    """Why the compiler cannot make ``module`` faster, or None when it can."""
+    shared = _why_shared(name, module, owners)
+    if shared is not None:
+        return shared
     if isinstance(module, (nn.Conv1d, nn.Conv3d)):
         return f"{type(module).__name__.lower()} (only conv2d and linear are rewritten)"
     if isinstance(module, nn.Conv2d):
@@ -166,6 +177,22 @@ def not_accelerated(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[s
         if why is not None:
             skipped[name] = why
     return skipped
+
+
+def shared_weights(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, str]:
+    """{layer name: why} for the ``layers`` of ``model`` whose weight another module of
+    ``model`` registers too: an LM head tied to its embedding, a weight shared by two layers.
+
+    >>> shared_weights(gpt2, dict(gs.prunable_layers(gpt2)))
+    {'lm_head': "weight tied to embedding 'transformer.wte'"}
+    """
+    owners = _owners(model)
+    found = {}
+    for name, module in layers.items():
+        why = _why_shared(name, module, owners)
+        if why is not None:
+            found[name] = why
+    return found
 
 
 def skipped_summary(skipped: Mapping[str, str], total: int, shown: int = 4) -> str:

@@ -98,6 +98,10 @@ def _same(weight: torch.Tensor) -> torch.Tensor:
     return weight
 
 
+def _same_unprepared(weight: torch.Tensor, kept: int) -> torch.Tensor:
+    return weight
+
+
 @dataclass(frozen=True)
 class Kernel:
     """One way to run one kind of group-sparse layer on one device."""
@@ -115,6 +119,9 @@ class Kernel:
     run: Callable[..., torch.Tensor] | None = None
     # at plan time: the (groups, G, k) weights in the layout ``run`` / the C++ kernel reads
     prepare: Callable[[torch.Tensor], torch.Tensor] = field(default=_same)
+    # its inverse: (prepared weights, k kept columns) -> a (groups, G, k) view (unsparsify_
+    # rebuilds dense weights from a loaded state_dict with it)
+    unprepare: Callable[[torch.Tensor, int], torch.Tensor] = field(default=_same_unprepared)
 
     @property
     def op(self) -> Any:
@@ -151,7 +158,8 @@ KERNELS: tuple[Kernel, ...] = (
            "oneDNN brgemm, fused store", True, True, _cpu_grouped, _cpu_grouped_conv_fallback),
     Kernel("grouped", "linear", "cpu", "linear", "C++: a gather per tile of tokens, oneDNN "
            "brgemm on weights packed at plan time, fused store", True, False, _cpu_grouped,
-           _cpu_grouped_linear_fallback, prepare=extension.pack_linear_weight),
+           _cpu_grouped_linear_fallback, prepare=extension.pack_linear_weight,
+           unprepare=extension.unpacked_linear_weight),
     Kernel("grouped", "conv2d", "cuda", "conv2d", "one fused Triton kernel", True, False,
            _cuda_grouped, _cuda_call("grouped_conv2d")),
     Kernel("grouped", "linear", "cuda", "linear", "one fused Triton kernel", True, False,
