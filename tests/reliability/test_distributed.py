@@ -11,7 +11,8 @@ training on its own batches, the model in DistributedDataParallel or sharded by 
   weights are zero in every rank's shard, and the final masks (gathered) equal those of one
   process that trains the same model on both ranks' batches, in the same order, from the
   same seed - for "magnitude" and for "taylor" (which scores FSDP's averaged gradients).
-  A Pruner built before fully_shard refuses to step, saying why.
+  A Pruner built before fully_shard refuses to step, and calibration= is refused on sharded
+  weights, each saying why.
 """
 
 from __future__ import annotations
@@ -241,14 +242,19 @@ def _prune_under_fsdp(rank: int, criterion: str) -> dict[str, dict[str, torch.Te
     return {"masks": masks, "weights": weights}
 
 
-def _pruner_before_fully_shard() -> None:
+def _refusals_under_fsdp(rank: int) -> None:
     from torch.distributed.fsdp import fully_shard
 
     model = _fsdp_model()
     pruner = _fsdp_pruner(model, "magnitude")
-    fully_shard(model)
+    fully_shard(model)  # after the Pruner: its weights are not the model's any more
     with pytest.raises(RuntimeError, match="replaced after the Pruner was built .*fully_shard"):
         pruner.step()
+    pruner.remove()
+    with pytest.raises(ValueError, match="calibration= and loss_fn= cannot score sharded"):
+        gs.Pruner(model, "group", SPARSITY, "taylor", group_size=GROUP_SIZE,
+                  calibration=[_fsdp_batch(rank, 0)],
+                  loss_fn=lambda m, batch: nn.functional.cross_entropy(m(batch[0]), batch[1]))  # fmt: skip
 
 
 def _fsdp_worker(rank: int, port: int, out: str) -> None:
@@ -257,7 +263,7 @@ def _fsdp_worker(rank: int, port: int, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     try:
         runs = {criterion: _prune_under_fsdp(rank, criterion) for criterion in FSDP_CRITERIA}
-        _pruner_before_fully_shard()
+        _refusals_under_fsdp(rank)
         if rank == 0:
             torch.save(runs, out)
         dist.barrier()
