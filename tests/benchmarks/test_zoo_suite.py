@@ -62,6 +62,9 @@ def test_two_tiny_models_and_a_failure_in_between(tmp_path):
         )
         sizes = record["state_dict_bytes"]
         assert 0 < sizes["compiled_over_dense_without_embeddings"] < 1  # 75% of the layers gone
+        split = record["dense_ms_by_decision"]  # where the dense model's time goes
+        assert split["sparse"] > 0 and split["other ops"] > 0 and split["total"] > 0
+        assert set(split) <= {"total", "other ops"} | set(record["decisions"])
     assert bert["capture"] == "export" and bert["input_shapes"] == [[1, 16]]
     assert bert["excluded_layers"] == ["pooler.dense"]
     assert bert["decisions"]["not pruned"] == 1  # the pooler
@@ -73,6 +76,7 @@ def test_two_tiny_models_and_a_failure_in_between(tmp_path):
     assert rows["median of 2"]["check"] == "2 of 3 passed"
     table = path.with_suffix(".md").read_text()
     assert "| bert | bert-base-uncased, 4 of 12 layers | text encoder | 64 |" in table
+    assert "| rewritten share |" in table
     assert "build failed [1]" in table and "[1] bert:num_attention_heads=3 (build)" in table
     assert "Median speedup" in table
     assert "| median of 2 |" in (tmp_path / "INDEX.md").read_text()
