@@ -343,7 +343,7 @@ def calibrate_batch_norm(
 
     Why: from a config, transformers' CNNs have weights of std 0.02, batch norms that
     normalize by mean 0 and variance 1 and (EfficientNet, MobileViT) scales drawn from
-    N(0, 0.02), so each layer shrinks the activations: EfficientNet's output was 1e-29 and
+    N(0, 0.02), so each layer shrinks the activations: EfficientNet's output was 0 and
     MobileViT's 5e-40 (subnormal), which makes the equivalence check vacuous and the timing
     that of denormal arithmetic. Pruning shrinks activations again, so the sweep calibrates
     the pruned model too (as one does after pruning, before fine-tuning).

@@ -9,7 +9,7 @@ why, and what the compiled model's state_dict weighs.
 Models (``benchmarks.zoo``): transformers' model classes from configs with the published
 models' widths and fewer layers (each entry says which model it stands for), random weights
 with batch norms calibrated on the model's own activations
-(``benchmarks.zoo.calibrate_batch_norm``: from a config, EfficientNet's output is 1e-29),
+(``benchmarks.zoo.calibrate_batch_norm``: from a config, EfficientNet's output is 0),
 batch 1; 128 tokens for text, 224x224 images (MobileViT 256, Segformer 512), 10 s of audio
 for Whisper's encoder; decoders run one forward over the prompt, without a KV cache.
 
