@@ -7,6 +7,7 @@ Run from a checkout (this package is not part of the wheel)::
     python -m benchmarks gpu --dry-run         # the GPU suite's harness on this CPU
     python -m benchmarks accuracy --quick      # the pruning patterns' accuracy on digits
     python -m benchmarks decode --quick        # batch-1 generate(): dense vs gs.sparsify_
+    python -m benchmarks zoo --quick           # transformers' architectures, pruned and compiled
     python -m benchmarks index                 # INDEX.md of every results folder, from the JSON
 
 Every run writes one JSON file (``results.SCHEMA``: commit, dirty flag, command line, date,

@@ -169,16 +169,31 @@ def _cuda_in_use() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
-def _machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all processes, all cores)."""
+def _cores() -> set[int]:
+    """The cores this process may run on (all of them unless it is pinned: taskset)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # no sched_getaffinity (macOS)
+        return set(range(os.cpu_count() or 1))
+
+
+def _busy_s(cores: set[int]) -> float:
+    """CPU seconds the given cores have been busy (all processes), from /proc/stat."""
+    total = 0
     with open("/proc/stat") as stat:
-        fields = [int(v) for v in stat.readline().split()[1:8]]
-    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        for line in stat:
+            name, *values = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                fields = [int(v) for v in values[:7]]
+                total += sum(fields) - fields[3] - fields[4]  # less idle and iowait
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class OtherLoad:
-    """The share of the machine's cores that other processes kept busy inside the ``with``
-    block (0.0 = quiet, 1.0 = every core); None where /proc/stat is missing.
+    """The share of this process's cores that other processes kept busy inside the ``with``
+    block (0.0 = quiet, 1.0 = every core): of all the machine's cores, or of the ones it is
+    pinned to (``taskset -c 1``: another process's run on core 0 is not counted); None where
+    /proc/stat is missing.
 
         >>> with OtherLoad() as load:
         ...     pass
@@ -190,13 +205,14 @@ class OtherLoad:
         self.share: float | None = None
         self._available = os.path.exists("/proc/stat")
         if self._available:
-            self._start = (_machine_busy_s(), time.process_time(), time.time())
+            self._cores = _cores()
+            self._start = (_busy_s(self._cores), time.process_time(), time.time())
         return self
 
     def __exit__(self, *exc: object) -> None:
         if not self._available:
             return
         busy, own, wall = self._start
-        others = (_machine_busy_s() - busy) - (time.process_time() - own)
+        others = (_busy_s(self._cores) - busy) - (time.process_time() - own)
         elapsed = max(time.time() - wall, 1e-9)
-        self.share = max(0.0, others / (elapsed * (os.cpu_count() or 1)))
+        self.share = max(0.0, others / (elapsed * len(self._cores)))

@@ -107,6 +107,14 @@ class Pruner:
     default process group (``all_reduce``), and rank 0's masks are broadcast, so every rank
     holds the same masks. ``criterion="random"`` draws the same scores on every rank from its
     seed.
+
+    Under FSDP2 (``torch.distributed.fsdp.fully_shard``), build the Pruner after
+    ``fully_shard``: its weights are then the sharded parameters (DTensors), and so are its
+    masks, sharded as the weights are. At each mask update the scores are computed from the
+    whole weights (gathered from every rank), so every rank computes the same masks, equal to
+    those of one process that trained on all the ranks' batches; "taylor" scores the gradients
+    FSDP has already averaged over the ranks (``|w * dL/dw|`` of the global batch's loss).
+    ``calibration=`` is refused there (its gradients would not reach the sharded weights).
     """
 
     def __init__(
@@ -154,6 +162,12 @@ class Pruner:
                     f"sparsity {lowest}; it must be at most the target"
                 )
         _check_calibration(criterion, calibration, loss_fn)
+        if calibration is not None and any(_is_sharded(m.weight) for m in layers.values()):
+            raise ValueError(
+                "calibration= and loss_fn= cannot score sharded weights (FSDP2's fully_shard): "
+                "their gradients do not reach the sharded parameters. Leave them out: 'taylor' "
+                "then scores the training gradients, which FSDP averages over the ranks"
+            )
 
         self.model = model
         self.pattern = pattern
@@ -243,6 +257,7 @@ class Pruner:
     def step(self) -> None:
         """Count one training step; recompute the masks when the schedule updates at it."""
         self._check_attached("step")
+        self._check_same_parameters()
         step = self.step_count + 1
         update = self._compute_masks(step) if self.schedule.updates_at(step) else None
         self.step_count = step
@@ -309,7 +324,7 @@ class Pruner:
             self._saliency_seen = bool(state.get("saliency_seen", False))
         self.step_count = step
         self._apply(
-            {name: mask.to(self._weights[name].device) for name, mask in masks.items()},
+            {name: _like(mask, self._weights[name]) for name, mask in masks.items()},
             layer_sparsity,
         )
 
@@ -340,16 +355,21 @@ class Pruner:
             }
         masks = {}
         for layer, layer_goal in layer_sparsity.items():
-            weight = self._weights[_weight_name(layer)]
+            name = _weight_name(layer)
+            weight = self._weights[name]
             if layer_goal == 0:
-                mask = torch.ones_like(weight, dtype=torch.bool)
+                mask = torch.ones(weight.shape, dtype=torch.bool, device=scores[layer].device)
             else:
-                name = _weight_name(layer)
                 mask = from_gemm_view(
                     self.pattern.mask(scores[layer], layer_goal), weight.shape, self._kinds[name]
-                ).to(weight.device)
-            masks[_weight_name(layer)] = mask
-        return _same_on_every_rank(masks, layer_sparsity)
+                )
+            masks[name] = mask
+        # whole masks (sharded weights: from the gathered scores), then each in its weight's
+        # layout: a DTensor sharded as the weight is
+        masks, layer_sparsity = _same_on_every_rank(masks, layer_sparsity)
+        return {name: _like(mask, self._weights[name]) for name, mask in masks.items()}, (
+            layer_sparsity
+        )
 
     def _scores(self, step: int) -> dict[str, torch.Tensor]:
         """{layer: (M, K) scores}, with already pruned weights at 0 so that masks only grow sparser."""
@@ -365,7 +385,8 @@ class Pruner:
             # under torch.distributed every rank saw its own batches: score with the sum
             saliency, ranks_seen, ranks = _sum_over_ranks(saliency, seen)
             saliency = {
-                name: out_first(value, self._kinds[name]) for name, value in saliency.items()
+                name: out_first(_whole(value), self._kinds[name])
+                for name, value in saliency.items()
             }
             if ranks_seen < ranks:
                 on_ranks = "" if ranks == 1 else f" on {ranks - ranks_seen} of {ranks} ranks"
@@ -375,7 +396,8 @@ class Pruner:
                     "the Pruner"
                 )
         weights = {
-            name: out_first(weight, self._kinds[name]) for name, weight in self._weights.items()
+            name: out_first(_whole(weight).detach(), self._kinds[name])
+            for name, weight in self._weights.items()
         }
         scores = self.criterion.score(weights, saliency)
         result = {}
@@ -394,7 +416,7 @@ class Pruner:
                     f"criterion {self.criterion!r} gave negative or non-finite scores for {name!r} "
                     "(are the weights and gradients finite?)"
                 )
-            result[layer] = layer_scores * gemm_view(self._masks[name], kind).to(
+            result[layer] = layer_scores * gemm_view(_whole(self._masks[name]), kind).to(
                 layer_scores.device
             )
         return result
@@ -416,19 +438,46 @@ class Pruner:
             self._saliency_seen = True
         return gradient.masked_fill(~self._masks[name], 0)
 
+    def _mask_sharded_gradient(self, name: str, weight: torch.Tensor) -> None:
+        """A sharded weight's gradient, once FSDP has reduced it over the ranks into
+        ``weight.grad``: scored and masked in place."""
+        gradient = weight.grad
+        if self._accumulate:
+            with torch.no_grad():
+                self._saliency[name].add_((weight * gradient).abs().float())
+            self._saliency_seen = True
+        gradient.masked_fill_(~self._masks[name], 0)
+
     def _attach(self) -> None:
         for name, weight in self._weights.items():
-            self._handles.append(
-                weight.register_hook(
+            if _is_sharded(weight):
+                # FSDP2 computes with an unsharded copy and writes the reduced gradient into
+                # the sharded weight's .grad: a tensor hook on the sharded weight never runs
+                handle = weight.register_post_accumulate_grad_hook(
+                    lambda weight, name=name: self._mask_sharded_gradient(name, weight)
+                )
+            else:
+                handle = weight.register_hook(
                     lambda gradient, name=name: self._mask_gradient(name, gradient)
                 )
-            )
+            self._handles.append(handle)
         self._handles.append(register_optimizer_step_post_hook(self._zero_pruned))
         _ATTACHED.append(self)
 
     def _check_attached(self, method: str) -> None:
         if not self._handles:
             raise RuntimeError(f"Pruner.{method}() after remove(): this Pruner is detached")
+
+    def _check_same_parameters(self) -> None:
+        """The weights the Pruner masks are still the model's: fully_shard (FSDP2) replaces a
+        module's parameters with sharded ones, which a Pruner built before it never sees."""
+        for name, weight in self._weights.items():
+            if self.model.get_parameter(name) is not weight:
+                raise RuntimeError(
+                    f"the model's parameter {name!r} is no longer the one this Pruner masks: it "
+                    "was replaced after the Pruner was built (by FSDP2's fully_shard?). Build "
+                    "the Pruner after fully_shard (or after whatever replaced the parameters)"
+                )
 
 
 def _user_frame() -> int:
@@ -448,6 +497,33 @@ def _distributed() -> bool:
     )
 
 
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a sharded parameter of FSDP2, or its gradient)."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def _whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (gathered from every rank); a plain tensor as it is."""
+    return tensor.full_tensor() if _is_sharded(tensor) else tensor
+
+
+def _like(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A whole mask in the layout of ``weight``: on its device, and for a DTensor weight a
+    DTensor sharded as it is (every rank holds the whole mask: each keeps its own shard, with
+    no communication)."""
+    if not _is_sharded(weight) or _is_sharded(mask):
+        return mask.to(weight.device)
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(
+        mask.to(weight.device), weight.device_mesh, weight.placements, src_data_rank=None
+    )
+
+
 def _sum_over_ranks(
     saliency: dict[str, torch.Tensor], seen: bool
 ) -> tuple[dict[str, torch.Tensor], int, int]:
@@ -455,6 +531,12 @@ def _sum_over_ranks(
     gradients, how many ranks); without torch.distributed, the saliency itself and 1 rank."""
     if not _distributed():
         return saliency, int(seen), 1
+    if any(_is_sharded(value) for value in saliency.values()):
+        # FSDP reduced the gradients over the ranks before the hooks scored them: each rank
+        # holds its shard of the same sum, and only whether every rank saw gradients is summed
+        flag = torch.tensor([float(seen)])
+        torch.distributed.all_reduce(flag)
+        return saliency, int(flag.item()), torch.distributed.get_world_size()
     names = list(saliency)
     device = saliency[names[0]].device
     flat = torch.cat(
