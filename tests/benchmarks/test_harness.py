@@ -169,14 +169,6 @@ def test_output_tensors_of_the_runtimes_outputs():
     assert checks.cast_inputs(fresh, torch.bfloat16)[1].dtype == torch.int64
 
 
-@pytest.mark.parametrize("suite", ["decode"])
-def test_unwritten_suites_say_so_and_write_nothing(suite, capsys):
-    from benchmarks.__main__ import main
-
-    assert main([suite]) == 2
-    assert "not written yet" in capsys.readouterr().err
-
-
 def test_command_line_lists_the_suites(capsys):
     from benchmarks import SUITES
     from benchmarks.__main__ import main
