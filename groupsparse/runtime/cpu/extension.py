@@ -39,7 +39,10 @@ __all__ = [
 
 SOURCES = tuple(sorted((Path(__file__).with_name("csrc")).glob("*.cpp")))
 HEADERS = tuple(sorted((Path(__file__).with_name("csrc")).glob("*.h")))
-_FLAGS = ["-O3"]
+# -fopenmp: at::parallel_for is a header template whose OpenMP pragma compiles into this
+# library; without the flag it runs every work item on one thread. The OpenMP runtime it links
+# is the libgomp.so.1 torch has already loaded, so the kernels share torch's thread pool.
+_FLAGS = ["-O3", "-fopenmp"]
 # every finding fatal; Python is not instrumented, so the runtimes must be preloaded
 _SANITIZE_FLAGS = [
     "-fsanitize=address,undefined",
@@ -122,7 +125,7 @@ def _build_and_import() -> ModuleType:
     from torch.utils import cpp_extension
 
     directory.mkdir(parents=True, exist_ok=True)
-    ld_flags = _SANITIZE_FLAGS[:1] if _sanitized() else []
+    ld_flags = ["-fopenmp", *(_SANITIZE_FLAGS[:1] if _sanitized() else [])]
     return cpp_extension.load(
         name,
         [str(source) for source in SOURCES],
