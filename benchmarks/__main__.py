@@ -1,4 +1,4 @@
-"""``python -m benchmarks <suite> [options]``; ``python -m benchmarks index``;
+"""``python -m benchmarks <suite> [options]``; ``python -m benchmarks index``; ``python -m benchmarks report``;
 ``python -m benchmarks backfill SUITE TOOL FILE...``. ``python -m benchmarks <suite> --help``
 for a suite's options."""
 
@@ -13,6 +13,7 @@ from . import SUITES
 
 USAGE = f"""usage: python -m benchmarks SUITE [options]     (SUITE: {", ".join(SUITES)})
        python -m benchmarks index [FOLDER]        INDEX.md of every <machine>/<suite>/ folder
+       python -m benchmarks report                docs/results.md from the newest runs
        python -m benchmarks backfill SUITE TOOL FILE...
                                                   give legacy result files their provenance
 
@@ -33,6 +34,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         for path in write_indexes(Path(rest[0]) if rest else ROOT):
             print("wrote", path)
+        return 0
+    if command == "report":
+        from .report import write_results_doc
+
+        print("wrote", write_results_doc())
         return 0
     if command == "backfill":
         from .results import backfill
