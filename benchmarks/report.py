@@ -10,6 +10,7 @@ it came from.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,11 @@ def _gpu_summary(data: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _section(folder: Path) -> list[str]:
+def _link(path: Path, doc: Path) -> str:
+    return Path(os.path.relpath(path, doc.parent)).as_posix()
+
+
+def _section(folder: Path, doc: Path) -> list[str]:
     machine, suite = folder.parent.name, folder.name
     lines = [f"### {suite}", ""]
     shown = False
@@ -85,9 +90,8 @@ def _section(folder: Path) -> list[str]:
             continue
         provenance = data.get("provenance") or {}
         command = provenance.get("command")
-        link = path.relative_to(REPO).as_posix()
         lines += [
-            f"[{path.name}](../{link}): {_machine_text(data)}; commit "
+            f"[{path.name}]({_link(path, doc)}): {_machine_text(data)}; commit "
             f"{_commit_text(provenance)}; {(provenance.get('date') or '')[:10]}"
             + (f"; `{command}`" if command else ""),
             "",
@@ -96,10 +100,9 @@ def _section(folder: Path) -> list[str]:
         ]
         shown = True
     if not shown:
-        index = (folder / "INDEX.md").relative_to(REPO).as_posix()
         lines += [
             f"Runs from before the results schema, without a summary: [{machine}/{suite}]"
-            f"(../{index}).",
+            f"({_link(folder / 'INDEX.md', doc)}).",
             "",
         ]
     return lines
@@ -112,7 +115,7 @@ def write_results_doc(root: Path = ROOT, path: Path = DOC) -> Path:
     for machine in machines:
         lines += [f"## {machine.name}", ""]
         for folder in sorted(p for p in machine.iterdir() if p.is_dir()):
-            lines += _section(folder)
+            lines += _section(folder, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines).rstrip() + "\n")
     return path

@@ -177,3 +177,35 @@ def test_command_line_lists_the_suites(capsys):
     printed = capsys.readouterr().out
     assert all(suite in printed for suite in SUITES)
     assert main(["nonsense"]) == 2
+
+
+def test_results_doc_shows_newest_run_per_precision_with_provenance(tmp_path):
+    from benchmarks import report
+
+    def write(folder, name, date, dtype, summary, quick=False):
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {
+            "schema": 1, "suite": folder.name, "finished": True, "summary": summary,
+            "settings": {"dtype": dtype, "quick": quick},
+            "machine": {"cpu": "Test CPU", "isa": "AVX-512", "threads": 2, "torch": "2.13"},
+            "provenance": {"commit": "abcdef0123", "date": date, "command": "python -m x"},
+        }  # fmt: skip
+        (folder / name).write_text(json.dumps(data))
+
+    models = tmp_path / "results" / "cpu-x" / "models"
+    write(models, "old.json", "2026-01-01", "float32", [{"model": "m", "speed": "1.0x"}])
+    write(models, "new.json", "2026-02-01", "float32", [{"model": "m", "speed": "2.0x"}])
+    write(models, "bf16.json", "2026-01-15", "bfloat16", [{"model": "m", "speed": "3.0x"}])
+    write(models, "quick.json", "2026-03-01", "float32", [{"model": "m", "speed": "9.9x"}], True)
+    gpu = tmp_path / "results" / "gpu-y" / "gpu"
+    gpu.mkdir(parents=True)
+    (gpu / "results.json").write_text(json.dumps({"suite": "gpu", "records": [
+        {"model": "r", "sparsity": None, "variant": "dense-compile", "ms": 2.0},
+        {"model": "r", "sparsity": 0.75, "variant": "groupsparse-graph", "ms": 1.0},
+    ]}))  # fmt: skip
+    doc = report.write_results_doc(tmp_path / "results", tmp_path / "docs" / "results.md")
+    text = doc.read_text()
+    assert "2.0x" in text and "3.0x" in text  # the newest fp32 run and the bf16 run
+    assert "1.0x |" not in text and "9.9x" not in text  # superseded and --quick runs are not
+    assert "commit abcdef0" in text and "Test CPU (AVX-512)" in text
+    assert "| r | 75% | 2 | 1.000 (2.00x) |" in text  # the GPU run summarised from records
