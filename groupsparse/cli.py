@@ -296,6 +296,19 @@ def _add_compile_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--min-speedup", type=float, default=1.05)
 
 
+def _add_compiled_model_options(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """What compile and export share: MODEL, --out, its --masks or how to prune it, how to
+    compile it and how to build it."""
+    parser.add_argument("model", help="a built-in model name or path/to/file.py:function")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument(
+        "--masks", help="masks written by `groupsparse prune` (instead of the pruning options)"
+    )
+    _add_prune_options(parser)
+    _add_compile_options(parser)
+    _add_model_options(parser)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="groupsparse", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -323,16 +336,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_ = commands.add_parser(
         "compile", help="prune (or load masks) and compile a model; save what inspect needs"
     )
-    compile_.add_argument("model", help="a built-in model name or path/to/file.py:function")
-    compile_.add_argument(
-        "--out", required=True, help="file to write (torch.save: model, masks, compile options)"
+    _add_compiled_model_options(
+        compile_, out_help="file to write (torch.save: model, masks, compile options)"
     )
-    compile_.add_argument(
-        "--masks", help="masks written by `groupsparse prune` (instead of the pruning options)"
-    )
-    _add_prune_options(compile_)
-    _add_compile_options(compile_)
-    _add_model_options(compile_)
     compile_.set_defaults(run=_cmd_compile)
 
     export = commands.add_parser(
@@ -342,14 +348,7 @@ def _parser() -> argparse.ArgumentParser:
         "groupsparse runs it with no model code: groupsparse.load_package(FILE). It takes "
         "inputs of the example's shapes (--batch).",
     )  # fmt: skip
-    export.add_argument("model", help="a built-in model name or path/to/file.py:function")
-    export.add_argument("--out", required=True, help="the package to write (a .pt2 file)")
-    export.add_argument(
-        "--masks", help="masks written by `groupsparse prune` (instead of the pruning options)"
-    )
-    _add_prune_options(export)
-    _add_compile_options(export)
-    _add_model_options(export)
+    _add_compiled_model_options(export, out_help="the package to write (a .pt2 file)")
     export.set_defaults(run=_cmd_export)
 
     inspect = commands.add_parser(

@@ -41,10 +41,10 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
-    """Two 3x3 convs with BN and a residual add; ``downsample`` adapts the shortcut."""
-
-    expansion = 1
+class _ResidualBlock(nn.Module):
+    """``relu(branch(x) + shortcut)``: a subclass builds its branch in ``_build`` and runs it in
+    ``_branch``; ``downsample`` adapts the shortcut. Modules register in torchvision's order
+    (the branch's, then ``downsample``)."""
 
     def __init__(
         self,
@@ -54,34 +54,44 @@ class BasicBlock(nn.Module):
         downsample: nn.Module | None = None,
     ):
         super().__init__()
+        self._build(in_channels, channels, stride)
+        self.downsample = downsample
+        self.stride = stride
+
+    def _build(self, in_channels: int, channels: int, stride: int) -> None:
+        raise NotImplementedError
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.relu(self._branch(x) + identity)
+
+
+class BasicBlock(_ResidualBlock):
+    """Two 3x3 convs with BN and a residual add; ``downsample`` adapts the shortcut."""
+
+    expansion = 1
+
+    def _build(self, in_channels: int, channels: int, stride: int) -> None:
         self.conv1 = conv3x3(in_channels, channels, stride)
         self.bn1 = nn.BatchNorm2d(channels)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = conv3x3(channels, channels)
         self.bn2 = nn.BatchNorm2d(channels)
-        self.downsample = downsample
-        self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.bn2(self.conv2(out))
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_ResidualBlock):
     """1x1 reduce, 3x3 (carrying the stride: v1.5), 1x1 expand by 4, each with BN; residual add."""
 
     expansion = 4
 
-    def __init__(
-        self,
-        in_channels: int,
-        channels: int,
-        stride: int = 1,
-        downsample: nn.Module | None = None,
-    ):
-        super().__init__()
+    def _build(self, in_channels: int, channels: int, stride: int) -> None:
         self.conv1 = conv1x1(in_channels, channels)
         self.bn1 = nn.BatchNorm2d(channels)
         self.conv2 = conv3x3(channels, channels, stride)
@@ -89,15 +99,11 @@ class Bottleneck(nn.Module):
         self.conv3 = conv1x1(channels, channels * self.expansion)
         self.bn3 = nn.BatchNorm2d(channels * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = downsample
-        self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.bn3(self.conv3(out))
 
 
 def make_stage(

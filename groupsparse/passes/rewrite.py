@@ -1,17 +1,19 @@
-"""Shared by rewrite_conv and rewrite_linear: swap a planned node for a custom-op call whose
-plan tensors live as buffers of the GraphModule."""
+"""Shared by rewrite_conv and rewrite_linear: swap each planned node of one kind for a
+custom-op call whose plan tensors live as buffers of the GraphModule."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 from torch import fx
 
+from ..runtime import kernels
 from .common import META_PLAN
 from .plan import LayerPlan
 
-__all__ = ["buffer_prefix", "replace_with_op"]
+__all__ = ["buffer_prefix", "replace_with_op", "rewrite_planned"]
 
 
 def buffer_prefix(gm: fx.GraphModule, name: str) -> str:
@@ -51,3 +53,19 @@ def replace_with_op(gm: fx.GraphModule, node: fx.Node, op, extra_args: tuple) ->
     node.replace_all_uses_with(new)
     gm.graph.erase_node(node)
     return new
+
+
+def rewrite_planned(
+    gm: fx.GraphModule, kind: str, extra_args: Callable[[LayerPlan], tuple]
+) -> list[str]:
+    """Replace every ``kind`` node whose plan says "sparse" by a call to the op of the plan's
+    kernel, with ``extra_args(plan)`` after its plan tensors; returns the layers."""
+    rewritten = []
+    for node in list(gm.graph.nodes):
+        plan = node.meta.get(META_PLAN)
+        if plan is None or plan.decision != "sparse" or plan.kind != kind:
+            continue
+        op = kernels.kernel_of(plan.kernel, kind, plan.weight.device.type).op
+        replace_with_op(gm, node, op, extra_args(plan))
+        rewritten.append(plan.name)
+    return rewritten

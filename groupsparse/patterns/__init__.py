@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .._resolve import resolve_by_name
 from .base import Pattern, check_sparsity
 from .block import BlockWise
 from .element import ElementWise
@@ -44,24 +45,15 @@ PATTERN_NAMES = tuple(_BY_NAME) + ("N:M (e.g. '2:4')",)
 def resolve_pattern(pattern: str | Pattern, **pattern_args: Any) -> Pattern:
     """A Pattern from a name ("element", "vector", "block", "group", "filter", "2:4") and its
     arguments, or the Pattern itself."""
-    if isinstance(pattern, Pattern):
-        if pattern_args:
-            raise TypeError(
-                f"pattern arguments {sorted(pattern_args)} were given with a Pattern object "
-                f"{pattern!r}; set them on the object instead"
-            )
-        return pattern
-    if not isinstance(pattern, str):
-        raise TypeError(f"pattern must be a name or a Pattern; got {type(pattern).__name__}")
-    if parse_n_m(pattern) is not None:
-        if pattern_args:
-            raise TypeError(f"an N:M pattern takes no arguments; got {sorted(pattern_args)}")
-        return VectorWise.from_n_m(pattern)
-    key = pattern.strip().lower()
-    if key not in _BY_NAME:
-        raise ValueError(f"unknown pattern {pattern!r}; allowed: {', '.join(PATTERN_NAMES)}")
-    cls = _BY_NAME[key]
-    try:
-        return cls(**pattern_args)
-    except TypeError as error:
-        raise TypeError(f"bad arguments for pattern {key!r}: {error}") from None
+    return resolve_by_name(
+        "pattern", pattern, Pattern, _BY_NAME, PATTERN_NAMES, pattern_args, special=_n_m
+    )
+
+
+def _n_m(name: str, pattern_args: dict[str, Any]) -> VectorWise | None:
+    """An N:M name ("2:4") as its VectorWise, or None for any other name."""
+    if parse_n_m(name) is None:
+        return None
+    if pattern_args:
+        raise TypeError(f"an N:M pattern takes no arguments; got {sorted(pattern_args)}")
+    return VectorWise.from_n_m(name)

@@ -170,13 +170,7 @@ def not_accelerated(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[s
     >>> not_accelerated(model, select_layers(model))
     {'features.1.conv.0': 'grouped or depthwise conv (left dense by the compiler)'}
     """
-    owners = _owners(model)
-    skipped = {}
-    for name, module in layers.items():
-        why = _why_not_accelerated(name, module, owners)
-        if why is not None:
-            skipped[name] = why
-    return skipped
+    return _reasons(model, layers, _why_not_accelerated)
 
 
 def shared_weights(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[str, str]:
@@ -186,12 +180,21 @@ def shared_weights(model: nn.Module, layers: Mapping[str, nn.Module]) -> dict[st
     >>> shared_weights(gpt2, dict(gs.prunable_layers(gpt2)))
     {'lm_head': "weight tied to embedding 'transformer.wte'"}
     """
+    return _reasons(model, layers, _why_shared)
+
+
+def _reasons(
+    model: nn.Module,
+    layers: Mapping[str, nn.Module],
+    why: Callable[[str, nn.Module, dict], str | None],
+) -> dict[str, str]:
+    """{layer name: why(name, module, owners)} for the ``layers`` whose ``why`` is not None."""
     owners = _owners(model)
     found = {}
     for name, module in layers.items():
-        why = _why_shared(name, module, owners)
-        if why is not None:
-            found[name] = why
+        reason = why(name, module, owners)
+        if reason is not None:
+            found[name] = reason
     return found
 
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .._resolve import resolve_by_name
 from ..layers import gemm_view
 
 __all__ = [
@@ -132,22 +133,9 @@ def resolve_criterion(criterion: str | Criterion, **criterion_args: Any) -> Crit
     >>> resolve_criterion("magnitude", norm=2)
     Magnitude(norm=2)
     """
-    if isinstance(criterion, Criterion):
-        if criterion_args:
-            raise TypeError(
-                f"criterion arguments {sorted(criterion_args)} were given with a Criterion object "
-                f"{criterion!r}; set them on the object instead"
-            )
-        return criterion
-    if not isinstance(criterion, str):
-        raise TypeError(f"criterion must be a name or a Criterion; got {type(criterion).__name__}")
-    key = criterion.strip().lower()
-    if key not in _BY_NAME:
-        raise ValueError(f"unknown criterion {criterion!r}; allowed: {', '.join(CRITERION_NAMES)}")
-    try:
-        return _BY_NAME[key](**criterion_args)
-    except TypeError as error:
-        raise TypeError(f"bad arguments for criterion {key!r}: {error}") from None
+    return resolve_by_name(
+        "criterion", criterion, Criterion, _BY_NAME, CRITERION_NAMES, criterion_args
+    )
 
 
 def taylor_saliency(

@@ -21,11 +21,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from ..layers import from_gemm_view, gemm_shape, gemm_view, layer_kind, out_first, prunable_layers
-from ..patterns import Pattern, VectorWise, resolve_pattern
+from ..patterns import Pattern, resolve_pattern
 from .allocation import (
     Allocation,
     Exclude,
@@ -35,8 +34,21 @@ from .allocation import (
     select_layers,
     skipped_summary,
 )
+from .arguments import (
+    check_calibration,
+    check_fixed_sparsity,
+    check_gradual_start,
+    check_plain_weights,
+)
 from .criteria import Criterion, resolve_criterion, taylor_saliency
-from .schedules import Gradual, OneShot, Schedule
+from .schedules import OneShot, Schedule
+from .sharding import (
+    is_sharded,
+    like_weight,
+    same_on_every_rank,
+    sum_over_ranks,
+    whole_tensor,
+)
 
 __all__ = ["Pruner", "existing_masks", "prune"]
 
@@ -141,7 +153,7 @@ class Pruner:
         schedule = OneShot() if schedule is None else schedule
         if not isinstance(schedule, Schedule):
             raise TypeError(f"schedule must be OneShot(...) or Gradual(...); got {schedule!r}")
-        sparsity = _check_fixed_sparsity(pattern, sparsity, allocation, schedule)
+        sparsity = check_fixed_sparsity(pattern, sparsity, allocation, schedule)
         if not isinstance(accelerated_only, bool):
             raise TypeError(f"accelerated_only must be True or False; got {accelerated_only!r}")
         all_layers = [name for name, _ in prunable_layers(model)]
@@ -153,21 +165,10 @@ class Pruner:
         targets = final_targets(allocation, sparsity, layers, all_layers, skipped)
         if targets is not None:
             layers = {name: layers[name] for name in targets}
-        _check_plain_weights(layers)
-        if isinstance(schedule, Gradual):
-            lowest = sparsity if targets is None else min(targets.values())
-            if schedule.initial_sparsity > lowest:
-                raise ValueError(
-                    f"Gradual(initial_sparsity={schedule.initial_sparsity}) is above the target "
-                    f"sparsity {lowest}; it must be at most the target"
-                )
-        _check_calibration(criterion, calibration, loss_fn)
-        if calibration is not None and any(_is_sharded(m.weight) for m in layers.values()):
-            raise ValueError(
-                "calibration= and loss_fn= cannot score sharded weights (FSDP2's fully_shard): "
-                "their gradients do not reach the sharded parameters. Leave them out: 'taylor' "
-                "then scores the training gradients, which FSDP averages over the ranks"
-            )
+        attached = {id(weight) for pruner in _ATTACHED for weight in pruner._weights.values()}
+        check_plain_weights(layers, attached)
+        check_gradual_start(schedule, sparsity, targets)
+        check_calibration(criterion, calibration, loss_fn, layers)
 
         self.model = model
         self.pattern = pattern
@@ -324,7 +325,7 @@ class Pruner:
             self._saliency_seen = bool(state.get("saliency_seen", False))
         self.step_count = step
         self._apply(
-            {name: _like(mask, self._weights[name]) for name, mask in masks.items()},
+            {name: like_weight(mask, self._weights[name]) for name, mask in masks.items()},
             layer_sparsity,
         )
 
@@ -366,8 +367,8 @@ class Pruner:
             masks[name] = mask
         # whole masks (sharded weights: from the gathered scores), then each in its weight's
         # layout: a DTensor sharded as the weight is
-        masks, layer_sparsity = _same_on_every_rank(masks, layer_sparsity)
-        return {name: _like(mask, self._weights[name]) for name, mask in masks.items()}, (
+        masks, layer_sparsity = same_on_every_rank(masks, layer_sparsity)
+        return {name: like_weight(mask, self._weights[name]) for name, mask in masks.items()}, (
             layer_sparsity
         )
 
@@ -383,9 +384,9 @@ class Pruner:
             else:
                 saliency, seen = self._saliency, self._saliency_seen
             # under torch.distributed every rank saw its own batches: score with the sum
-            saliency, ranks_seen, ranks = _sum_over_ranks(saliency, seen)
+            saliency, ranks_seen, ranks = sum_over_ranks(saliency, seen)
             saliency = {
-                name: out_first(_whole(value), self._kinds[name])
+                name: out_first(whole_tensor(value), self._kinds[name])
                 for name, value in saliency.items()
             }
             if ranks_seen < ranks:
@@ -396,7 +397,7 @@ class Pruner:
                     "the Pruner"
                 )
         weights = {
-            name: out_first(_whole(weight).detach(), self._kinds[name])
+            name: out_first(whole_tensor(weight).detach(), self._kinds[name])
             for name, weight in self._weights.items()
         }
         scores = self.criterion.score(weights, saliency)
@@ -416,7 +417,7 @@ class Pruner:
                     f"criterion {self.criterion!r} gave negative or non-finite scores for {name!r} "
                     "(are the weights and gradients finite?)"
                 )
-            result[layer] = layer_scores * gemm_view(_whole(self._masks[name]), kind).to(
+            result[layer] = layer_scores * gemm_view(whole_tensor(self._masks[name]), kind).to(
                 layer_scores.device
             )
         return result
@@ -450,7 +451,7 @@ class Pruner:
 
     def _attach(self) -> None:
         for name, weight in self._weights.items():
-            if _is_sharded(weight):
+            if is_sharded(weight):
                 # FSDP2 computes with an unsharded copy and writes the reduced gradient into
                 # the sharded weight's .grad: a tensor hook on the sharded weight never runs
                 handle = weight.register_post_accumulate_grad_hook(
@@ -487,154 +488,6 @@ def _user_frame() -> int:
     while frame is not None and frame.f_globals.get("__name__", "").startswith("groupsparse."):
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _distributed() -> bool:
-    return (
-        torch.distributed.is_available()
-        and torch.distributed.is_initialized()
-        and torch.distributed.get_world_size() > 1
-    )
-
-
-def _is_sharded(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is a DTensor (a sharded parameter of FSDP2, or its gradient)."""
-    if not torch.distributed.is_available():
-        return False
-    from torch.distributed.tensor import DTensor
-
-    return isinstance(tensor, DTensor)
-
-
-def _whole(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor of a DTensor (gathered from every rank); a plain tensor as it is."""
-    return tensor.full_tensor() if _is_sharded(tensor) else tensor
-
-
-def _like(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A whole mask in the layout of ``weight``: on its device, and for a DTensor weight a
-    DTensor sharded as it is (every rank holds the whole mask: each keeps its own shard, with
-    no communication)."""
-    if not _is_sharded(weight) or _is_sharded(mask):
-        return mask.to(weight.device)
-    from torch.distributed.tensor import distribute_tensor
-
-    return distribute_tensor(
-        mask.to(weight.device), weight.device_mesh, weight.placements, src_data_rank=None
-    )
-
-
-def _sum_over_ranks(
-    saliency: dict[str, torch.Tensor], seen: bool
-) -> tuple[dict[str, torch.Tensor], int, int]:
-    """(saliency summed over the ranks of the default process group, how many ranks had seen
-    gradients, how many ranks); without torch.distributed, the saliency itself and 1 rank."""
-    if not _distributed():
-        return saliency, int(seen), 1
-    if any(_is_sharded(value) for value in saliency.values()):
-        # FSDP reduced the gradients over the ranks before the hooks scored them: each rank
-        # holds its shard of the same sum, and only whether every rank saw gradients is summed
-        flag = torch.tensor([float(seen)])
-        torch.distributed.all_reduce(flag)
-        return saliency, int(flag.item()), torch.distributed.get_world_size()
-    names = list(saliency)
-    device = saliency[names[0]].device
-    flat = torch.cat(
-        [saliency[name].reshape(-1).to(device) for name in names]
-        + [torch.tensor([float(seen)], device=device)]
-    )
-    torch.distributed.all_reduce(flat)
-    parts = flat[:-1].split([saliency[name].numel() for name in names])
-    summed = {
-        name: part.view_as(saliency[name]).to(saliency[name].device)
-        for name, part in zip(names, parts)
-    }
-    return summed, int(flat[-1].item()), torch.distributed.get_world_size()
-
-
-def _same_on_every_rank(
-    masks: dict[str, torch.Tensor], layer_sparsity: dict[str, float]
-) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Rank 0's masks on every rank (under torch.distributed). Scores summed over ranks give
-    equal masks already; this also covers weights that differ between ranks, such as a
-    Pruner built before DistributedDataParallel broadcast rank 0's weights."""
-    if not _distributed():
-        return masks, layer_sparsity
-    names = list(masks)
-    flat = torch.cat([masks[name].reshape(-1).to("cpu", torch.uint8) for name in names])
-    if torch.distributed.get_backend() == "nccl":
-        flat = flat.cuda()
-    torch.distributed.broadcast(flat, src=0)
-    parts = flat.cpu().bool().split([masks[name].numel() for name in names])
-    shared = [layer_sparsity]
-    torch.distributed.broadcast_object_list(shared, src=0)
-    return (
-        {
-            name: part.view_as(masks[name]).to(masks[name].device)
-            for name, part in zip(names, parts)
-        },
-        shared[0],
-    )
-
-
-def _check_fixed_sparsity(
-    pattern: Pattern, sparsity: float | None, allocation: Allocation, schedule: Schedule
-) -> float | None:
-    """An N:M pattern fixes the sparsity: fill it in, and refuse anything that disagrees."""
-    implied = pattern.implied_sparsity if isinstance(pattern, VectorWise) else None
-    if implied is None:
-        return sparsity
-    fixed = f"pattern {pattern.describe()!r} fixes the sparsity at {implied}"
-    if allocation == "global":
-        raise ValueError(f"{fixed}; allocation='global' cannot change it (use 'uniform')")
-    if not isinstance(schedule, OneShot):
-        raise TypeError(f"{fixed}; it cannot follow a gradual schedule (use schedule=OneShot())")
-    values = list(allocation.values()) if isinstance(allocation, Mapping) else []
-    for value in values + ([sparsity] if sparsity is not None else []):
-        if isinstance(value, (int, float)) and abs(value - implied) > 1e-9:
-            raise ValueError(f"{fixed}; got sparsity {value} (leave sparsity out)")
-    if sparsity is None and not isinstance(allocation, Mapping):
-        return implied
-    return sparsity
-
-
-def _check_plain_weights(layers: Mapping[str, nn.Module]) -> None:
-    attached = {id(weight) for pruner in _ATTACHED for weight in pruner._weights.values()}
-    for name, module in layers.items():
-        if parametrize.is_parametrized(module, "weight") or not isinstance(
-            module.weight, nn.Parameter
-        ):
-            raise ValueError(
-                f"layer {name!r} has a reparametrized weight (torch.nn.utils.prune or "
-                "parametrize); make it plain first, e.g. torch.nn.utils.prune.remove(module, 'weight')"
-            )
-        if id(module.weight) in attached:
-            raise ValueError(
-                f"layer {name!r} already has a Pruner attached; call its remove() first"
-            )
-
-
-def _check_calibration(criterion: Criterion, calibration: Any, loss_fn: Any) -> None:
-    if not criterion.needs_saliency:
-        if calibration is not None or loss_fn is not None:
-            raise ValueError(
-                f"calibration and loss_fn are only used by criterion='taylor'; got criterion={criterion!r}"
-            )
-        return
-    if (calibration is None) != (loss_fn is None):
-        raise ValueError(
-            "criterion 'taylor' needs both calibration=<iterable of batches> and "
-            "loss_fn=<callable(model, batch) -> loss>, or neither (in a Pruner, to use the "
-            "training gradients)"
-        )
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(
-            f"loss_fn must be a callable(model, batch) -> loss; got {type(loss_fn).__name__}"
-        )
-    if calibration is not None and not isinstance(calibration, Iterable):
-        raise TypeError(
-            f"calibration must be an iterable of batches; got {type(calibration).__name__}"
-        )
 
 
 def existing_masks(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,69 +228,54 @@ class _Runtime:
         )
         return handle
 
-    def conv_table(
-        self, columns: torch.Tensor, geometry: ConvGeometry, x_shape: torch.Size
-    ) -> torch.Tensor:
-        channels, height, width = x_shape[1], x_shape[2], x_shape[3]
-        key = (
-            "conv",
-            columns.data_ptr(),
-            columns._version,
-            columns.shape,
-            geometry,
-            channels,
-            height,
-            width,
-        )
+    def _table(self, key: tuple, columns: torch.Tensor, build: Callable[[], Any]) -> Any:
+        """A layer's index table(s), built by ``build()`` on first use and cached under
+        ``key`` and the identity and version of ``columns``."""
+        key = (key[0], columns.data_ptr(), columns._version, columns.shape, *key[1:])
         cached = self.tables.get(key)
         if cached is not None:
             return cached[1]
         self._first_use("build a layer's index table")
-        kh, kw = geometry[0], geometry[1]
-        if channels * height * width > _INT32_MAX:
-            raise CudaBackendError(
-                f"an input of {channels}x{height}x{width} is too large for the gather kernel's "
-                "32-bit offsets; run this layer densely"
-            )
-        _check_columns(columns, channels * kh * kw)
-        table = conv_gather_table(columns, geometry, height, width)
+        table = build()
         self.tables[key] = (columns, table)  # holding columns keeps its address from being reused
         return table
+
+    def conv_table(
+        self, columns: torch.Tensor, geometry: ConvGeometry, x_shape: torch.Size
+    ) -> torch.Tensor:
+        channels, height, width = x_shape[1], x_shape[2], x_shape[3]
+
+        def build() -> torch.Tensor:
+            kh, kw = geometry[0], geometry[1]
+            if channels * height * width > _INT32_MAX:
+                raise CudaBackendError(
+                    f"an input of {channels}x{height}x{width} is too large for the gather "
+                    "kernel's 32-bit offsets; run this layer densely"
+                )
+            _check_columns(columns, channels * kh * kw)
+            return conv_gather_table(columns, geometry, height, width)
+
+        return self._table(("conv", geometry, channels, height, width), columns, build)
 
     def wide_tables(
         self, columns: torch.Tensor, geometry: ConvGeometry, channels: int, pitch: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """triton_fused.wide_conv2d's (rows, shifts) for a layer, built once."""
-        key = (
-            "wide",
-            columns.data_ptr(),
-            columns._version,
-            columns.shape,
-            geometry,
-            channels,
-            pitch,
-        )
-        cached = self.tables.get(key)
-        if cached is not None:
-            return cached[1]
-        self._first_use("build a layer's index table")
-        _check_columns(columns, channels * geometry[0] * geometry[1])
-        from .triton_fused import wide_tables
 
-        tables = wide_tables(columns, geometry, channels, pitch)
-        self.tables[key] = (columns, tables)
-        return tables
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            _check_columns(columns, channels * geometry[0] * geometry[1])
+            from .triton_fused import wide_tables
+
+            return wide_tables(columns, geometry, channels, pitch)
+
+        return self._table(("wide", geometry, channels, pitch), columns, build)
 
     def linear_table(self, columns: torch.Tensor, in_features: int) -> torch.Tensor:
-        key = ("linear", columns.data_ptr(), columns._version, columns.shape, in_features)
-        cached = self.tables.get(key)
-        if cached is not None:
-            return cached[1]
-        self._first_use("build a layer's index table")
-        _check_columns(columns, in_features)
-        table = columns.reshape(-1).to(torch.int32).contiguous()
-        self.tables[key] = (columns, table)
-        return table
+        def build() -> torch.Tensor:
+            _check_columns(columns, in_features)
+            return columns.reshape(-1).to(torch.int32).contiguous()
+
+        return self._table(("linear", in_features), columns, build)
 
     def grouped_state(self, device: torch.device, shape: tuple[int, ...]) -> _GroupedState:
         """The grouped GEMM of a conv of ``shape = (batch, groups, G, k, pixels)``."""
