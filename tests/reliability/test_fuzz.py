@@ -113,15 +113,23 @@ def _masked(model: torch.nn.Module, masks: dict[str, torch.Tensor]) -> torch.nn.
 EAGER_FACTOR = 10
 
 
-def _tolerance(zeroed: torch.nn.Module, x: torch.Tensor, want: torch.Tensor) -> float:
-    """The error allowed against float64: EAGER_FACTOR x eager's own error in x's dtype
-    (``zeroed`` is in it), with a floor of RTOL for float32 and of two roundings for
-    bfloat16. Eager runs without oneDNN here, for the reason in ``_masked``."""
+def _eager_error(zeroed: torch.nn.Module, x: torch.Tensor, want: torch.Tensor) -> float:
+    """Eager's own error against float64 in x's dtype (``zeroed`` is in it), without oneDNN,
+    for the reason in ``_masked``."""
     if not want.numel():
-        return RTOL
+        return 0.0
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
-        eager = max_relative_error(zeroed(x).to(want.dtype), want)
-    return max(RTOL if x.dtype == torch.float32 else 2**-7, EAGER_FACTOR * eager)
+        return max_relative_error(zeroed(x).to(want.dtype), want)
+
+
+def _tolerance(dtype: torch.dtype, eager_errors: list[float]) -> float:
+    """The error allowed against float64 on each of a spec's calls: EAGER_FACTOR x eager's
+    largest error over the spec's calls, with a floor of RTOL for float32 and of one rounding
+    of the largest output (2^-7) for bfloat16. The largest over the calls, not the error on the
+    same input: on one input eager's error is one noisy sample (a bfloat16 spec: 2.8e-4 on one
+    call, 4.7e-3 on another, while all three kernels, the per-group torch "loop" included, lay
+    at 7e-3 on both; `python -m benchmarks.experiments.bf16_rounding`)."""
+    return max(RTOL if dtype == torch.float32 else 2**-7, EAGER_FACTOR * max(eager_errors))
 
 
 def _input(
@@ -162,9 +170,9 @@ def check_equivalence(spec: dict) -> None:
     ]
     with torch.no_grad():
         wanted = [reference(x.float()).double() for x in fresh]
-    calls = [  # (input, its expected output, tolerance), in call order
-        (x.to(memory_format=torch.channels_last if last else torch.contiguous_format), want,
-         _tolerance(zeroed, x, want))
+    tolerance = _tolerance(dtype, [_eager_error(zeroed, x, w) for x, w in zip(fresh, wanted)])
+    calls = [  # (input, its expected output), in call order
+        (x.to(memory_format=torch.channels_last if last else torch.contiguous_format), want)
         for x, want, (_, formats) in zip(fresh, wanted, call_sequence(spec))
         for last in formats
     ]  # fmt: skip
@@ -182,7 +190,7 @@ def check_equivalence(spec: dict) -> None:
             wanted = "sparse" if structure_is_group_wise(masks[f"{row.name}.weight"]) else "dense"
             assert row.decision == wanted, (kernel, row.name, row.pattern, row.reason)
         with torch.no_grad():
-            for index, (x, want, tolerance) in enumerate(calls):
+            for index, (x, want) in enumerate(calls):
                 try:
                     actual = fast(x)
                 except ValueError as error:
