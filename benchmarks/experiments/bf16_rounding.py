@@ -84,16 +84,19 @@ def _quantiles(values: list[float]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", type=int, default=150)
+    parser.add_argument("--show", action="store_true", help="print the failing specs")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     specs: list[list[tuple[float, dict[str, float]]]] = []
+    drawn: list[dict] = []
 
     @settings(max_examples=args.examples, derandomize=True, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))  # fmt: skip
     @given(spec=model_specs())
     def collect(spec: dict) -> None:
         specs.append(_errors(spec))
+        drawn.append(spec)
 
     collect()
     rows = [  # per spec: eager's largest error over its calls, each kernel's largest
@@ -113,11 +116,19 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     for name, tolerance in rules.items():
-        failing = sum(
-            any(max(ours.values()) >= tolerance(calls, eager) for eager, ours in calls)
-            for calls in specs
-        )
-        print(f"  specs failing '{name}': {failing}")
+        failing = [
+            index
+            for index, calls in enumerate(specs)
+            if any(max(ours.values()) >= tolerance(calls, eager) for eager, ours in calls)
+        ]
+        print(f"  specs failing '{name}': {len(failing)}")
+        for index in failing if args.show else ():
+            print(f"    {drawn[index]}")
+            for eager, ours in specs[index]:
+                print(
+                    f"      eager {eager:.2e}  "
+                    + "  ".join(f"{k} {v:.2e}" for k, v in ours.items())
+                )
     return 0
 
 

@@ -90,6 +90,22 @@ def test_channels_last_input_gives_the_same_numbers():
     assert max_relative_error(fast(x), model(x)) < RTOL
 
 
+@pytest.mark.parametrize("kernel", ["grouped", "torch_ops", "loop"])
+def test_a_padded_conv_on_a_one_pixel_channels_last_image(kernel):
+    # strides (C, 1, C, C) fit both formats; padding such an input with torch's pad op gives a
+    # channels_last tensor, which the grouped and torch-ops kernels once read as NCHW (a silent
+    # wrong result from the grouped one; found by benchmarks.experiments.bf16_rounding)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 1)).eval()
+    group_sparsify(model, 0.5, 8)
+    x = torch.randn(2, 8, 1, 1).to(memory_format=torch.channels_last)
+    assert x.stride() == (8, 1, 8, 8)
+    fast = gs.compile_sparse(model, x, decide="always", kernel=kernel)
+    assert fast.report.rewritten == ["0", "2"]
+    with torch.no_grad():
+        assert max_relative_error(fast(x), model(x)) < RTOL
+
+
 def test_linear_on_3d_input():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(32, 64), nn.GELU(), nn.Linear(64, 32)).eval()

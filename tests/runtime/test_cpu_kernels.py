@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from groupsparse.runtime import kernels, tuning
@@ -102,8 +102,22 @@ def _conv_reference(case, x, dense, bias, residual):
     return out.relu() if case["relu"] else out
 
 
+def _one_pixel_case(kernel: str, dtype: torch.dtype) -> dict:
+    """A 1x1 image, padded, channels_last: its strides fit both formats, and F.pad then
+    returns a channels_last tensor (the torch-ops kernel once viewed it as NCHW and failed)."""
+    return {
+        "geometry": (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), "batch": 2, "channels": 4, "height": 1,
+        "width": 1, "groups": 2, "group_rows": 3, "out_channels": 6, "kept_fraction": 0.5,
+        "bias": True, "relu": False, "residual": False, "channels_last": True, "kernel": kernel,
+        "dtype": dtype, "tile_bytes": 1 << 23, "seed": 5,
+    }  # fmt: skip
+
+
 @settings(max_examples=80, deadline=None)
 @given(conv_cases())
+@example(_one_pixel_case("torch_ops", torch.float32))
+@example(_one_pixel_case("torch_ops", torch.bfloat16))
+@example(_one_pixel_case("grouped", torch.float32))
 def test_conv2d_kernels_match_the_masked_dense_conv(case):
     kh, kw = case["geometry"][:2]
     columns = case["channels"] * kh * kw
@@ -125,7 +139,7 @@ def test_conv2d_kernels_match_the_masked_dense_conv(case):
     def run(x, weight, bias, residual):
         kernel = kernels.kernel_of(case["kernel"], "conv2d", "cpu")
         if case["channels_last"]:
-            x = x.contiguous(memory_format=torch.channels_last)
+            x = x.to(memory_format=torch.channels_last)  # a 1x1 image: strides (C, 1, C, C)
         # small tiles for torch_ops, down to one output row (it keeps 256 pixels per tile)
         with tuning.override(min_tile_pixels=1, tile_bytes=case["tile_bytes"]):
             return kernel.op(

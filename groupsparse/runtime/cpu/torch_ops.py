@@ -41,7 +41,9 @@ def _padded_flat(x: torch.Tensor, geometry: ConvGeometry) -> torch.Tensor:
         return x.reshape(-1)
     padded_h, padded_w = height + top + bottom, width + left + right
     if contiguous and batch * channels * padded_h * padded_w < tuning.current().pad_in_place_numel:
-        return F.pad(x, (left, right, top, bottom)).view(-1)  # one op: fill, then copy
+        # one op: fill, then copy. F.pad keeps the input's suggested memory format, which for
+        # strides that fit both formats (a 1x1 image) can be channels_last: hence .contiguous()
+        return F.pad(x, (left, right, top, bottom)).contiguous().view(-1)
     # large or channels_last: zero only the border, then one copy (and conversion) of the rest
     padded = x.new_empty(batch, channels, padded_h, padded_w)
     if top:

@@ -40,7 +40,10 @@ constexpr int64_t kWideBelow = 32;
 template <typename T>
 void run_wide(const ConvArgs& args) {
   const ConvGeometry& g = args.geometry;
-  const at::Tensor padded = at::constant_pad_nd(args.x, {g.left, g.right, g.top, g.bottom});
+  // constant_pad_nd keeps x's suggested memory format, which for strides that fit both formats
+  // (a 1x1 image passed channels_last: strides (C, 1, C, C)) is channels_last; read as NCHW
+  const at::Tensor padded =
+      at::constant_pad_nd(args.x, {g.left, g.right, g.top, g.bottom}).contiguous();
   const int64_t batch = args.x.size(0), channels = args.x.size(1);
   const int64_t padded_h = padded.size(2), padded_w = padded.size(3);
   const int64_t out_h = g.out_h(args.x.size(2)), out_w = g.out_w(args.x.size(3));
