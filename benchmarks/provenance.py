@@ -150,6 +150,9 @@ def machine_slug(machine: dict[str, Any], device: str = "cpu") -> str:
     return f"{_slug(name) or 'cpu'}-{_slug(isa)}-{machine['cores']}c"
 
 
+RESULTS = "benchmarks/results/"
+
+
 def git_state(repo: Path = REPO) -> dict[str, Any]:
     """{"commit", "dirty", "dirty_paths"} of the checkout; without git (a device machine's copy
     of the tree) from $BENCH_COMMIT / $BENCH_DIRTY, else None."""
@@ -169,7 +172,9 @@ def git_state(repo: Path = REPO) -> dict[str, Any]:
             "dirty_paths": [],
             "commit_from": "environment" if COMMIT_VARIABLE in os.environ else "unknown",
         }
-    paths = [line[3:] for line in status.splitlines()]
+    # results and their generated indexes are what runs write, not what they measure: a suite
+    # run after another (which rewrote an INDEX.md) is not "dirty" for it
+    paths = [p for p in (line[3:] for line in status.splitlines()) if not p.startswith(RESULTS)]
     return {"commit": commit, "dirty": bool(paths), "dirty_paths": paths[:20], "commit_from": "git"}
 
 

@@ -101,8 +101,10 @@ def _section(folder: Path, doc: Path) -> list[str]:
         shown = True
     if not shown:
         lines += [
-            f"Runs from before the results schema, without a summary: [{machine}/{suite}]"
-            f"({_link(folder / 'INDEX.md', doc)}).",
+            (
+                f"Runs from before the results schema, without a summary: [{machine}/{suite}]"
+                f"({_link(folder / 'INDEX.md', doc)})."
+            ),
             "",
         ]
     return lines

@@ -62,6 +62,16 @@ def test_git_state_sees_commit_and_dirty_tree(repo):
     assert state["dirty"] is True and state["dirty_paths"] == ["code.py"]
 
 
+def test_result_files_do_not_make_the_tree_dirty(repo):
+    index = repo / "benchmarks" / "results" / "m" / "s" / "INDEX.md"
+    index.parent.mkdir(parents=True)
+    index.write_text("a\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-q", "-m", "index")
+    index.write_text("b\n")  # another suite's run rewrote it
+    assert provenance.git_state(repo)["dirty"] is False
+
+
 def test_without_git_the_commit_comes_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_COMMIT", "abc1234")
     monkeypatch.setenv("BENCH_DIRTY", "0")
