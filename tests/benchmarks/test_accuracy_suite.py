@@ -132,3 +132,17 @@ def test_staged_cubic_reaches_each_target_at_its_stage(accuracy_tool):
     assert [step for step in range(50) if schedule.updates_at(step)] == [0, 5, 10, 15, 20]
     with pytest.raises(ValueError, match="ascending"):
         accuracy_tool.StagedCubic(targets=(0.9, 0.5), stage_steps=10)
+
+
+def test_the_wide_model_leaves_g64_and_g128_several_groups_and_stays_off_by_default(
+    accuracy_tool,
+):
+    model = accuracy_tool.MODELS["wide-cnn"].build()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 5 and all(conv.out_channels >= 256 for conv in convs)
+    assert all(conv.out_channels // 128 >= 2 for conv in convs)  # G=128: at least 2 groups
+    assert {"group G=64", "group G=128"} <= set(accuracy_tool.PATTERNS)
+    args = accuracy_tool._parser().parse_args([])
+    settings = accuracy_tool.settings_from(args)
+    assert settings.models == ("cnn", "resnet", "vit")
+    assert not {"group G=64", "group G=128"} & set(settings.patterns)
