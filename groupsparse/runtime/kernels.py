@@ -32,6 +32,7 @@ import torch
 from . import reference
 from .cpu import extension
 from .cpu import torch_ops as cpu_torch_ops
+from .weights import SparseWeights
 
 __all__ = [
     "DEPRECATED",
@@ -114,8 +115,8 @@ class Kernel:
     fuses_epilogue: bool  # applies the ReLU and the shortcut as it stores (fuse_* passes)
     takes_residual: bool  # adds a shortcut itself (else the op adds it after the kernel)
     unavailable: Callable[[torch.dtype], str | None]  # why it cannot run dtype here, or None
-    # per call, in Python: (x, weight, columns, bias, [geometry,] relu[, residual]) -> the
-    # kernel's rows; None where a C++ kernel is registered for the device
+    # per call, in Python: (x, SparseWeights, [geometry,] relu[, residual=]) -> the kernel's
+    # rows (the C++ CPU kernels, where loaded, are registered for the op instead)
     run: Callable[..., torch.Tensor] | None = None
     # at plan time: the (groups, G, k) weights in the layout ``run`` / the C++ kernel reads
     prepare: Callable[[torch.Tensor], torch.Tensor] = field(default=_same)
@@ -131,18 +132,11 @@ class Kernel:
         return self.device in (device, "any")
 
 
-def _cpu_grouped_conv_fallback(x, weight, columns, bias, geometry, relu, residual=None):
-    """The CPU grouped conv where the C++ kernels are not loaded: the torch-ops kernel reads
-    the same weights."""
-    return cpu_torch_ops.grouped_conv2d(x, weight, columns, bias, geometry, relu, residual=residual)
-
-
-def _cpu_grouped_linear_fallback(x, weight, columns, bias, relu):
+def _cpu_grouped_linear_fallback(x: torch.Tensor, layer: SparseWeights, relu: bool = False):
     """The CPU grouped linear where the C++ kernels are not loaded: the torch-ops kernel, on a
     (groups, G, k) view of the weights as ``extension.pack_linear_weight`` packed them."""
-    return cpu_torch_ops.grouped_linear(
-        x, extension.unpacked_linear_weight(weight, columns.shape[1]), columns, bias, relu
-    )
+    weight = extension.unpacked_linear_weight(layer.weight, layer.columns.shape[1])
+    return cpu_torch_ops.grouped_linear(x, layer._replace(weight=weight), relu)
 
 
 def _cuda_call(function: str) -> Callable[..., torch.Tensor]:
@@ -155,7 +149,7 @@ def _cuda_call(function: str) -> Callable[..., torch.Tensor]:
 
 KERNELS: tuple[Kernel, ...] = (
     Kernel("grouped", "conv2d", "cpu", "conv2d", "C++: a gather per tile into a cached panel, "
-           "oneDNN brgemm, fused store", True, True, _cpu_grouped, _cpu_grouped_conv_fallback),
+           "oneDNN brgemm, fused store", True, True, _cpu_grouped, cpu_torch_ops.grouped_conv2d),
     Kernel("grouped", "linear", "cpu", "linear", "C++: a gather per tile of tokens, oneDNN "
            "brgemm on weights packed at plan time, fused store", True, False, _cpu_grouped,
            _cpu_grouped_linear_fallback, prepare=extension.pack_linear_weight,

@@ -33,6 +33,7 @@ import torch
 from . import kernels as registry
 from .cpu import extension
 from .geometry import conv_output_size
+from .weights import SparseWeights
 
 __all__ = ["CXX_OPS", "BackendUnavailable", "max_pool2d"]
 
@@ -187,9 +188,9 @@ def _conv_kernel(name: str):
         if 0 in shape:  # an empty batch: nothing to compute, and kernels need not handle it
             return x.new_empty(shape)
         kernel = _kernel_for(name, x.device)
-        geometry = tuple(geometry)
+        geometry, layer = tuple(geometry), SparseWeights(weight, columns, bias)
         if residual is None:
-            out = kernel.run(x, weight, columns, bias, geometry, relu)
+            out = kernel.run(x, layer, geometry, relu)
             return _place(out, out_channels, 1, row_index)
         if (
             kernel.takes_residual
@@ -199,11 +200,9 @@ def _conv_kernel(name: str):
             and residual.dtype == x.dtype
             and residual.device == x.device
         ):
-            return kernel.run(x, weight, columns, bias, geometry, relu, residual=residual)
+            return kernel.run(x, layer, geometry, relu, residual=residual)
         # the add as the graph had it (broadcasting, type promotion), then the ReLU
-        out = _place(
-            kernel.run(x, weight, columns, bias, geometry, False), out_channels, 1, row_index
-        )
+        out = _place(kernel.run(x, layer, geometry, False), out_channels, 1, row_index)
         out = out + residual
         return out.relu_() if relu else out
 
@@ -218,7 +217,8 @@ def _linear_kernel(name: str):
         if 0 in shape:
             return x.new_empty(shape)
         kernel = _kernel_for(name, x.device)
-        return _place(kernel.run(x, weight, columns, bias, relu), out_features, -1, row_index)
+        layer = SparseWeights(weight, columns, bias)
+        return _place(kernel.run(x, layer, relu), out_features, -1, row_index)
 
     return op
 

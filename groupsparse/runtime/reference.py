@@ -8,21 +8,21 @@ import torch
 
 from .cpu.torch_ops import gather_conv_columns, shortcut_
 from .geometry import ConvGeometry
+from .weights import SparseWeights
 
 __all__ = ["loop_conv2d", "loop_linear"]
 
 
 def loop_conv2d(
     x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
+    layer: SparseWeights,
     geometry: ConvGeometry,
     relu: bool = False,
     residual: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The earlier implementation: per group, its own gather and its own GEMM, one after another
     (a ``residual`` is added afterwards, before the ReLU)."""
+    weight, columns, bias = layer
     groups, group_rows, _ = weight.shape
     outputs = []
     for group in range(groups):
@@ -38,14 +38,9 @@ def loop_conv2d(
     return out.relu_() if relu else out
 
 
-def loop_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    relu: bool = False,
-) -> torch.Tensor:
+def loop_linear(x: torch.Tensor, layer: SparseWeights, relu: bool = False) -> torch.Tensor:
     """The earlier implementation for linear layers: one gather and one GEMM per group."""
+    weight, columns, bias = layer
     groups, group_rows, _ = weight.shape
     tokens = x.reshape(-1, x.shape[-1])
     outputs = []

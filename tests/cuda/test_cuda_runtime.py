@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from groupsparse.runtime import cuda, kernels, reference
 from groupsparse.runtime.geometry import conv_output_size
+from groupsparse.runtime.weights import SparseWeights
 from tests.sparsify import dense_from_groups, random_group_columns
 
 DEVICE = "cuda"
@@ -92,7 +93,7 @@ def test_conv_matches_dense_conv_of_masked_weight(kernel, case, dtype, with_bias
     out_h, out_w = conv_output_size(x.shape[2], x.shape[3], geometry)
     _poison_allocator(x.shape[0] * weight.shape[0] * weight.shape[1] * out_h * out_w, dtype)
 
-    out = getattr(cuda, kernel)(x, weight, columns, bias, geometry, relu)
+    out = getattr(cuda, kernel)(x, SparseWeights(weight, columns, bias), geometry, relu)
 
     reference = _conv_reference(x, weight, columns, bias, geometry, relu)
     assert out.shape == reference.shape and out.dtype == dtype
@@ -112,7 +113,7 @@ def test_linear_matches_dense_linear_of_masked_weight(kernel, case, dtype, with_
     bias = torch.randn(groups * group_rows, device=DEVICE).to(dtype) if with_bias else None
     _poison_allocator(x.numel() // in_features * groups * group_rows, dtype)
 
-    out = getattr(cuda, kernel)(x, weight, columns, bias, relu)
+    out = getattr(cuda, kernel)(x, SparseWeights(weight, columns, bias), relu)
 
     dense = dense_from_groups(weight.double(), columns, in_features)
     reference = F.linear(x.double(), dense, None if bias is None else bias.double())
@@ -139,9 +140,9 @@ def test_float32_uses_tf32_only_when_torch_allows_it(monkeypatch):
     reference = F.linear(x.double(), dense_from_groups(weight.double(), columns, 2048))
 
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    ieee = _relative_error(cuda.grouped_linear(x, weight, columns, None), reference)
+    ieee = _relative_error(cuda.grouped_linear(x, SparseWeights(weight, columns, None)), reference)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
-    tf32 = _relative_error(cuda.grouped_linear(x, weight, columns, None), reference)
+    tf32 = _relative_error(cuda.grouped_linear(x, SparseWeights(weight, columns, None)), reference)
 
     assert ieee < 1e-5
     assert 1e-5 < tf32 < 1e-2  # TF32 keeps 10 mantissa bits: about 1e-3 here
@@ -153,26 +154,28 @@ def test_all_columns_pruned_leaves_bias_only():
     columns = torch.empty(2, 0, dtype=torch.int64, device=DEVICE)
     bias = torch.randn(8, device=DEVICE, dtype=torch.float16)
 
-    out = cuda.grouped_conv2d(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), True)
+    out = cuda.grouped_conv2d(
+        x, SparseWeights(weight, columns, bias), (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), True
+    )
 
     assert torch.equal(out, bias.relu().view(1, 8, 1, 1).expand(2, 8, 6, 6))
 
 
 def test_runs_on_torchs_current_stream():
     x, weight, columns, bias, geometry = _conv_problem(CONV_CASES[2], torch.float16)
-    expected = cuda.grouped_conv2d(x, weight, columns, bias, geometry, True)
+    expected = cuda.grouped_conv2d(x, SparseWeights(weight, columns, bias), geometry, True)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        out = cuda.grouped_conv2d(x, weight, columns, bias, geometry, True)
+        out = cuda.grouped_conv2d(x, SparseWeights(weight, columns, bias), geometry, True)
     torch.cuda.current_stream().wait_stream(side)
     torch.testing.assert_close(out, expected)
 
 
 def test_loop_reference_agrees_with_grouped():
     x, weight, columns, bias, geometry = _conv_problem(CONV_CASES[1], torch.float32)
-    grouped = cuda.grouped_conv2d(x, weight, columns, bias, geometry, True)
-    loop = reference.loop_conv2d(x, weight, columns, bias, geometry, True)
+    grouped = cuda.grouped_conv2d(x, SparseWeights(weight, columns, bias), geometry, True)
+    loop = reference.loop_conv2d(x, SparseWeights(weight, columns, bias), geometry, True)
     torch.testing.assert_close(grouped, loop, rtol=1e-5, atol=1e-5)
 
 
@@ -182,14 +185,14 @@ def test_memory_is_stable_over_repeated_calls():
     linear_weight = torch.randn(24, 32, 192, device=DEVICE, dtype=torch.float16)
     linear_columns = _columns(24, 768, 192)
     for _ in range(3):  # first calls build the caches
-        cuda.grouped_conv2d(x, weight, columns, bias, geometry, True)
-        cuda.grouped_linear(tokens, linear_weight, linear_columns, None, False)
+        cuda.grouped_conv2d(x, SparseWeights(weight, columns, bias), geometry, True)
+        cuda.grouped_linear(tokens, SparseWeights(linear_weight, linear_columns, None), False)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
 
     for _ in range(200):
-        cuda.grouped_conv2d(x, weight, columns, bias, geometry, True)
-        cuda.grouped_linear(tokens, linear_weight, linear_columns, None, False)
+        cuda.grouped_conv2d(x, SparseWeights(weight, columns, bias), geometry, True)
+        cuda.grouped_linear(tokens, SparseWeights(linear_weight, linear_columns, None), False)
     torch.cuda.synchronize()
 
     assert torch.cuda.memory_allocated() == before
@@ -197,7 +200,7 @@ def test_memory_is_stable_over_repeated_calls():
 
 def test_clear_caches_frees_memory_and_calls_still_work():
     x, weight, columns, bias, geometry = _conv_problem(CONV_CASES[2], torch.float16)
-    expected = cuda.grouped_conv2d(x, weight, columns, bias, geometry, True)
+    expected = cuda.grouped_conv2d(x, SparseWeights(weight, columns, bias), geometry, True)
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
 
@@ -205,7 +208,7 @@ def test_clear_caches_frees_memory_and_calls_still_work():
 
     assert torch.cuda.memory_allocated() < before
     torch.testing.assert_close(
-        cuda.grouped_conv2d(x, weight, columns, bias, geometry, True), expected
+        cuda.grouped_conv2d(x, SparseWeights(weight, columns, bias), geometry, True), expected
     )
 
 
@@ -219,8 +222,10 @@ def test_cuda_graph_replay_matches_eager(case):
     linear_columns = _columns(24, 768, 192)
 
     def step(image, text):
-        conv = cuda.grouped_conv2d(image, weight, columns, bias, geometry, True)
-        return conv, cuda.grouped_linear(text, linear_weight, linear_columns, None, True)
+        conv = cuda.grouped_conv2d(image, SparseWeights(weight, columns, bias), geometry, True)
+        return conv, cuda.grouped_linear(
+            text, SparseWeights(linear_weight, linear_columns, None), True
+        )
 
     static_image, static_text = x.clone(), tokens.clone()
     side = torch.cuda.Stream()
@@ -245,7 +250,8 @@ def test_cuda_graph_replay_matches_eager(case):
 
 def test_first_call_during_capture_says_to_warm_up():
     x, weight, columns, bias, geometry = _conv_problem(CONV_CASES[3], torch.float16)
-    cuda.grouped_conv2d(x, weight, columns, bias, geometry, False)  # kernels compiled
+    layer = SparseWeights(weight, columns, bias)
+    cuda.grouped_conv2d(x, layer, geometry, False)  # kernels compiled
     groups, kept = columns.shape
     new_columns = _columns(groups, x.shape[1], kept)  # a 1x1 conv: one column per channel
     graph = torch.cuda.CUDAGraph()
@@ -253,7 +259,7 @@ def test_first_call_during_capture_says_to_warm_up():
         pytest.raises(cuda.CudaBackendError, match="run the model once"),
         torch.cuda.graph(graph),
     ):
-        cuda.grouped_conv2d(x, weight, new_columns, bias, geometry, False)
+        cuda.grouped_conv2d(x, layer._replace(columns=new_columns), geometry, False)
 
 
 def test_cublas_failure_names_the_status_and_what_to_do():
@@ -285,10 +291,10 @@ def test_wrong_inputs_raise_clear_errors():
     weight = torch.randn(2, 4, 3, device=DEVICE, dtype=torch.float16)
     columns = _columns(2, 8, 3)
     with pytest.raises(ValueError, match="columns"):
-        cuda.grouped_linear(x, weight, columns[:, :2], None)
+        cuda.grouped_linear(x, SparseWeights(weight, columns[:, :2], None))
     with pytest.raises(ValueError, match="on cpu"):
-        cuda.grouped_linear(x, weight, columns.cpu(), None)
+        cuda.grouped_linear(x, SparseWeights(weight, columns.cpu(), None))
     with pytest.raises(IndexError, match="8 im2col columns"):
-        cuda.grouped_linear(x, weight, columns + 8, None)
+        cuda.grouped_linear(x, SparseWeights(weight, columns + 8, None))
     with pytest.raises(TypeError, match="float16"):
-        cuda.grouped_linear(x.double(), weight.double(), columns, None)
+        cuda.grouped_linear(x.double(), SparseWeights(weight.double(), columns, None))

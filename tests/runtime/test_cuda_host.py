@@ -41,6 +41,7 @@ from groupsparse.runtime.cuda.nvrtc_source import (
     vector_width,
 )
 from groupsparse.runtime.geometry import conv_output_size
+from groupsparse.runtime.weights import SparseWeights
 
 # (batch, channels, height, width, groups, group_rows, kept, geometry)
 CONV_CASES = [
@@ -536,4 +537,6 @@ def test_cuda_available_explains_no_gpu(monkeypatch):
 def test_kernels_refuse_cpu_tensors():
     weight = torch.randn(2, 3, 4)
     with pytest.raises(ValueError, match="CUDA tensors"):
-        cuda.grouped_linear(torch.randn(5, 8), weight, torch.zeros(2, 4, dtype=torch.int64), None)
+        cuda.grouped_linear(
+            torch.randn(5, 8), SparseWeights(weight, torch.zeros(2, 4, dtype=torch.int64), None)
+        )

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .. import tuning
 from ..geometry import ConvGeometry, conv_output_size
+from ..weights import SparseWeights
 
 __all__ = ["gather_conv_columns", "grouped_conv2d", "grouped_linear", "k_major", "shortcut_"]
 
@@ -202,9 +203,7 @@ def _store(
 
 def grouped_conv2d(
     x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
+    layer: SparseWeights,
     geometry: ConvGeometry,
     relu: bool = False,
     *,
@@ -228,12 +227,14 @@ def grouped_conv2d(
     >>> x = torch.randn(1, 8, 10, 10)
     >>> columns = torch.stack([torch.randperm(72)[:18].sort().values for _ in range(2)])
     >>> weight = torch.randn(2, 4, 18)  # 2 groups of 4 output channels, 18 kept columns each
-    >>> grouped_conv2d(x, weight, columns, None, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)).shape
+    >>> layer = SparseWeights(weight, columns)
+    >>> grouped_conv2d(x, layer, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1)).shape
     torch.Size([1, 8, 10, 10])
     """
     if residual is not None:
-        out = grouped_conv2d(x, weight, columns, bias, geometry, False, tile_bytes=tile_bytes)
+        out = grouped_conv2d(x, layer, geometry, False, tile_bytes=tile_bytes)
         return shortcut_(out, residual, relu)
+    weight, columns, bias = layer
     if tile_bytes is None:
         tile_bytes = tuning.current().tile_bytes
     groups, group_rows, kept = weight.shape
@@ -315,9 +316,7 @@ def grouped_conv2d(
 
 def grouped_linear(
     x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
+    layer: SparseWeights,
     relu: bool = False,
     *,
     gather: str = "auto",
@@ -339,9 +338,10 @@ def grouped_linear(
 
     >>> x = torch.randn(2, 5, 16)
     >>> columns = torch.stack([torch.randperm(16)[:4].sort().values for _ in range(3)])
-    >>> grouped_linear(x, torch.randn(3, 8, 4), columns, None).shape  # 3 groups of 8 rows
+    >>> grouped_linear(x, SparseWeights(torch.randn(3, 8, 4), columns)).shape  # 3 groups of 8 rows
     torch.Size([2, 5, 24])
     """
+    weight, columns, bias = layer
     if gather not in ("auto", "rows", "columns"):
         raise ValueError(f"gather must be 'auto', 'rows' or 'columns'; got {gather!r}")
     if tile_bytes is None:

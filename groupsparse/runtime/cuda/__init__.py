@@ -37,11 +37,13 @@ Example::
 
     >>> ok, reason = cuda_available()
     >>> if ok:
-    ...     out = grouped_linear(x.cuda().half(), weight.cuda().half(), columns.cuda(), None, False)
+    ...     layer = SparseWeights(weight.cuda().half(), columns.cuda())
+    ...     out = grouped_linear(x.cuda().half(), layer, relu=False)
 """
 
 from __future__ import annotations
 
+from . import host
 from .driver import (  # the underscored three: tests/cuda reach in
     _RUNTIME,  # noqa: F401
     _check_driver,  # noqa: F401
@@ -52,54 +54,20 @@ from .driver import (  # the underscored three: tests/cuda reach in
     dtype_name,
 )
 from .fused import ELEMENT_DTYPES, fused_ready, fused_runner, grouped_conv2d, grouped_linear
-from .host import (
-    COMPUTE_32F,
-    COMPUTE_32F_FAST_TF32,
-    CUDA_R_16BF,
-    CUDA_R_16F,
-    CUDA_R_32F,
-    GEMM_DEFAULT,
-    OP_N,
-    OP_T,
-    CudaBackendError,
-    GroupedBatchedGemm,
-    StridedBatchedGemm,
-    conv_gather_table,
-    conv_gemm,
-    conv_grouped_gemm,
-    conv_strided_gemm,
-    gemm_types,
-    linear_gemm,
-)
+from .host import *
 from .two_step import two_step_conv2d, two_step_linear
 
 __all__ = [
-    "COMPUTE_32F",
-    "COMPUTE_32F_FAST_TF32",
-    "CUDA_R_16BF",
-    "CUDA_R_16F",
-    "CUDA_R_32F",
     "ELEMENT_DTYPES",
-    "GEMM_DEFAULT",
-    "OP_N",
-    "OP_T",
-    "CudaBackendError",
-    "GroupedBatchedGemm",
-    "StridedBatchedGemm",
     "clear_caches",
     "compile_kernels",
-    "conv_gather_table",
-    "conv_gemm",
-    "conv_grouped_gemm",
-    "conv_strided_gemm",
     "cuda_available",
     "dtype_name",
     "fused_ready",
     "fused_runner",
-    "gemm_types",
     "grouped_conv2d",
     "grouped_linear",
-    "linear_gemm",
     "two_step_conv2d",
     "two_step_linear",
 ]
+__all__ += host.__all__  # the cuBLAS argument builders

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..geometry import ConvGeometry, conv_output_size
+from ..weights import SparseWeights
 from .driver import _RUNTIME, _prepare
 from .two_step import two_step_conv2d, two_step_linear
 
@@ -44,22 +45,18 @@ def fused_ready(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def grouped_conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    geometry: ConvGeometry,
-    relu: bool = False,
+    x: torch.Tensor, layer: SparseWeights, geometry: ConvGeometry, relu: bool = False
 ) -> torch.Tensor:
     """Group-sparse conv2d on the GPU: ``(B, C, H, W)`` -> ``(B, groups*G, OH, OW)``, one fused
     Triton kernel where ``fused_ready``, else ``two_step_conv2d``.
 
     Example::
 
-        >>> out = grouped_conv2d(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), True)
+        >>> out = grouped_conv2d(x, layer, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1), True)
     """
+    weight, columns, bias = layer
     if not fused_ready(x, weight) or weight.shape[2] == 0:
-        return two_step_conv2d(x, weight, columns, bias, geometry, relu)
+        return two_step_conv2d(x, layer, geometry, relu)
     x, weight = _prepare(x, weight, columns, bias)
     geometry = tuple(int(v) for v in geometry)
     groups, group_rows, _ = weight.shape
@@ -87,22 +84,17 @@ def grouped_conv2d(
     return out
 
 
-def grouped_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    relu: bool = False,
-) -> torch.Tensor:
+def grouped_linear(x: torch.Tensor, layer: SparseWeights, relu: bool = False) -> torch.Tensor:
     """Group-sparse linear on the GPU: ``(..., K)`` -> ``(..., groups*G)``, one fused Triton
     kernel where ``fused_ready``, else ``two_step_linear``.
 
     Example::
 
-        >>> out = grouped_linear(x, weight, columns, bias, relu=False)
+        >>> out = grouped_linear(x, layer, relu=False)
     """
+    weight, columns, bias = layer
     if not fused_ready(x, weight) or weight.shape[2] == 0:
-        return two_step_linear(x, weight, columns, bias, relu)
+        return two_step_linear(x, layer, relu)
     x, weight = _prepare(x, weight, columns, bias)
     groups, group_rows, _ = weight.shape
     in_features = x.shape[-1]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..geometry import ConvGeometry, conv_output_size
+from ..weights import SparseWeights
 from .driver import (
     _RUNTIME,
     _epilogue,
@@ -26,20 +27,16 @@ __all__ = ["two_step_conv2d", "two_step_linear"]
 
 
 def two_step_conv2d(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    geometry: ConvGeometry,
-    relu: bool = False,
+    x: torch.Tensor, layer: SparseWeights, geometry: ConvGeometry, relu: bool = False
 ) -> torch.Tensor:
     """Group-sparse conv2d on the GPU in two steps, gather kernel then cuBLAS:
     ``(B, C, H, W)`` -> ``(B, groups*G, OH, OW)``.
 
     Example::
 
-        >>> out = two_step_conv2d(x, weight, columns, bias, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1))
+        >>> out = two_step_conv2d(x, layer, (3, 3, 1, 1, 1, 1, 1, 1, 1, 1))
     """
+    weight, columns, bias = layer
     x, weight = _prepare(x, weight, columns, bias)
     geometry = tuple(int(v) for v in geometry)
     groups, group_rows, kept = weight.shape
@@ -78,20 +75,15 @@ def two_step_conv2d(
     return _two_steps(x, weight, bias, relu, out, pixels, gather)
 
 
-def two_step_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    columns: torch.Tensor,
-    bias: torch.Tensor | None,
-    relu: bool = False,
-) -> torch.Tensor:
+def two_step_linear(x: torch.Tensor, layer: SparseWeights, relu: bool = False) -> torch.Tensor:
     """Group-sparse linear on the GPU in two steps, gather kernel then cuBLAS:
     ``(..., K)`` -> ``(..., groups*G)``.
 
     Example::
 
-        >>> out = two_step_linear(x, weight, columns, bias, relu=False)
+        >>> out = two_step_linear(x, layer, relu=False)
     """
+    weight, columns, bias = layer
     x, weight = _prepare(x, weight, columns, bias)
     groups, group_rows, kept = weight.shape
     in_features = x.shape[-1]

@@ -64,17 +64,33 @@ void stream(const T* b, int64_t kept, int64_t ldb, int64_t m, const float* xs, f
   }
 }
 
+// What both paths read of a call, once per call: the layer's sizes and its tensors' data
+template <typename T>
+struct LinearCall {
+  const int64_t tokens, features, groups, rows, kept, padded, out_features;
+  const T* x;
+  const T* weight;  // packed: brgemm's B per group, (padded x G)
+  const T* bias;
+  const int64_t* columns;
+  T* out;
+  const bool relu;
+
+  explicit LinearCall(const LinearArgs& args)
+      : tokens(args.x.size(0)), features(args.x.size(1)), groups(args.weight.size(0)),
+        rows(args.weight.size(2)), kept(args.columns.size(1)), padded(packed_depth<T>(kept)),
+        out_features(args.out.size(1)), x(args.x.data_ptr<T>()),
+        weight(args.weight.data_ptr<T>()), bias(args.bias ? args.bias->data_ptr<T>() : nullptr),
+        columns(args.columns.data_ptr<int64_t>()), out(args.out.data_ptr<T>()),
+        relu(args.relu) {}
+};
+
 template <int64_t Tokens, typename T>
-void run_streams(const LinearArgs& args) {
-  const int64_t features = args.x.size(1);
-  const int64_t groups = args.weight.size(0), rows = args.weight.size(2);
-  const int64_t kept = args.columns.size(1), padded = packed_depth<T>(kept);
-  const int64_t out_features = args.out.size(1);
-  const T* x = args.x.data_ptr<T>();
-  const T* weight = args.weight.data_ptr<T>();
-  const T* bias = args.bias ? args.bias->data_ptr<T>() : nullptr;
-  const int64_t* columns = args.columns.data_ptr<int64_t>();
-  T* out = args.out.data_ptr<T>();
+void run_streams(const LinearCall<T>& call) {
+  const int64_t features = call.features, groups = call.groups, rows = call.rows;
+  const int64_t kept = call.kept, padded = call.padded, out_features = call.out_features;
+  const T *x = call.x, *weight = call.weight, *bias = call.bias;
+  const int64_t* columns = call.columns;
+  T* out = call.out;
   at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
     thread_local Scratch x_scratch, c_scratch;
     float* xs = x_scratch.get<float>(Tokens * padded);
@@ -89,7 +105,7 @@ void run_streams(const LinearArgs& args) {
       }
       stream<Tokens>(weight + group * padded * rows, kept, rows, m, xs, c);
       store(c, m, out + group * rows, out_features, Tokens, m, static_cast<const T*>(nullptr),
-            bias ? bias + group * rows : nullptr, static_cast<const T*>(nullptr), args.relu);
+            bias ? bias + group * rows : nullptr, static_cast<const T*>(nullptr), call.relu);
     }
   });
 }
@@ -104,25 +120,23 @@ void gather_token(const T* token, const int64_t* columns, int64_t kept, T* to) {
 
 template <typename T>
 void run(const LinearArgs& args) {
-  const int64_t tokens = args.x.size(0), features = args.x.size(1);
-  const int64_t groups = args.weight.size(0), rows = args.weight.size(2);
-  const int64_t kept = args.columns.size(1), padded = packed_depth<T>(kept);
-  const int64_t out_features = args.out.size(1);
-  const T* x = args.x.data_ptr<T>();
-  const T* weight = args.weight.data_ptr<T>();
-  const T* bias = args.bias ? args.bias->data_ptr<T>() : nullptr;
-  const int64_t* columns = args.columns.data_ptr<int64_t>();
-  T* out = args.out.data_ptr<T>();
+  const LinearCall<T> call(args);
+  const int64_t tokens = call.tokens, features = call.features, groups = call.groups;
+  const int64_t rows = call.rows, kept = call.kept, padded = call.padded;
+  const int64_t out_features = call.out_features;
+  const T *x = call.x, *weight = call.weight, *bias = call.bias;
+  const int64_t* columns = call.columns;
+  T* out = call.out;
   for (int64_t i = 0; i < groups * kept; ++i) {
     TORCH_CHECK(columns[i] >= 0 && columns[i] < features, "groupsparse.linear: kept column ",
                 columns[i], " is outside the layer's ", features, " input features");
   }
   static_assert(kStreamTokens == 4, "run_streams is instantiated for 1 to 4 tokens");
   switch (tokens) {
-    case 1: return run_streams<1, T>(args);
-    case 2: return run_streams<2, T>(args);
-    case 3: return run_streams<3, T>(args);
-    case 4: return run_streams<4, T>(args);
+    case 1: return run_streams<1, T>(call);
+    case 2: return run_streams<2, T>(call);
+    case 3: return run_streams<3, T>(call);
+    case 4: return run_streams<4, T>(call);
     default: break;
   }
   const int64_t tiles = ceil_div(tokens, kTileTokens);
@@ -149,7 +163,7 @@ void run(const LinearArgs& args) {
       const int64_t ldc = std::is_same_v<T, float> ? out_features : m;
       brgemm(n, m, padded, padded, rows, ldc, panel, weight + group * padded * rows, c);
       store(c, ldc, target, out_features, n, m, static_cast<const T*>(nullptr),
-            bias ? bias + group * rows : nullptr, static_cast<const T*>(nullptr), args.relu);
+            bias ? bias + group * rows : nullptr, static_cast<const T*>(nullptr), call.relu);
     }
     brgemm_done<T>();
   });
