@@ -53,9 +53,10 @@ ROOT = Path(__file__).resolve().parent / "results"
 SCRATCH = REPO / "out" / "benchmarks"
 
 
-def command_line(suite: str, argv: Sequence[str]) -> str:
-    """The command that reruns this suite with these arguments."""
-    return " ".join(["python -m benchmarks", suite, *map(shlex.quote, argv)])
+def command_line(suite: str, argv: Sequence[str], module: str | None = None) -> str:
+    """The command that reruns this suite (or the experiment ``module``) with these arguments."""
+    head = ["python -m", module] if module else ["python -m benchmarks", suite]
+    return " ".join([*head, *map(shlex.quote, argv)])
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -89,10 +90,11 @@ class ResultFile:
         device: str = "cpu",
         out: Path | None = None,
         quick: bool = False,
+        module: str | None = None,
     ) -> None:
         self.started = time.perf_counter()
         machine = describe_machine(threads)
-        provenance = describe_run(command_line(suite, argv))
+        provenance = describe_run(command_line(suite, argv, module))
         self.data: dict[str, Any] = {
             "schema": SCHEMA,
             "suite": suite,

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = {k: v for k, v in vars(args).items()}
     result = ResultFile("before_after", sys.argv[1:] if argv is None else argv, settings,
-                        threads=args.threads, quick=args.quick, out=args.out)  # fmt: skip
+                        threads=args.threads, quick=args.quick, out=args.out,
+                        module=__spec__.name if __spec__ else __name__)  # fmt: skip
     summary = []
     with tempfile.TemporaryDirectory() as scratch:
         trees = [_tree(rev, Path(scratch)) for rev in args.revs]

@@ -22,6 +22,9 @@ def test_two_workers_compile_agree_and_take_turns(tmp_path):
     (path,) = tmp_path.glob("*.json")
     data = json.loads(path.read_text())
     assert data["suite"] == "before_after" and data["finished"]
+    assert data["provenance"]["command"].startswith(
+        "python -m benchmarks.experiments.before_after . . --models small-cnn"
+    )
     first, second = data["records"]
     assert first["commit"].endswith("#1") and second["commit"].endswith("#2")
     for record in (first, second):
