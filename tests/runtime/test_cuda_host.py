@@ -534,9 +534,13 @@ def test_cuda_available_explains_no_gpu(monkeypatch):
     assert "GPU" in reason
 
 
-def test_kernels_refuse_cpu_tensors():
-    weight = torch.randn(2, 3, 4)
+@pytest.mark.parametrize("kernel", ["grouped", "two_step"])
+def test_kernels_refuse_cpu_tensors(kernel):
+    """Every CUDA kernel takes the layer's SparseWeights and refuses CPU tensors."""
+    layer = SparseWeights(torch.randn(2, 3, 4), torch.zeros(2, 4, dtype=torch.int64), None)
     with pytest.raises(ValueError, match="CUDA tensors"):
-        cuda.grouped_linear(
-            torch.randn(5, 8), SparseWeights(weight, torch.zeros(2, 4, dtype=torch.int64), None)
+        getattr(cuda, f"{kernel}_linear")(torch.randn(5, 8), layer)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        getattr(cuda, f"{kernel}_conv2d")(
+            torch.randn(1, 4, 5, 5), layer, (1,) * 4 + (0,) * 4 + (1, 1)
         )
