@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -19,7 +20,11 @@ def time_side_by_side(
 ) -> dict[str, float]:
     """Median milliseconds of each function, timed in turns (A, B, B, A, A, B, ...: the order
     reversed every other turn, so that neither always runs first, right after the other) so
-    that drift in the machine's speed falls on all of them alike.
+    that drift in the machine's speed falls on all of them alike. With three or more, each pair
+    of turns takes a new order (shuffled from a fixed seed) and then its reverse, so that no
+    function always runs right after the same one: one that follows a large dense layer finds
+    its weights evicted from the cache, and a fixed order gave the same kernel 10-30% apart
+    depending on its place (python -m benchmarks layers, 90% rows, 2 threads, AMD EPYC).
 
     Where CUDA is in use, each call is timed from an idle GPU to an idle GPU (synchronized
     before and after), so that a function's time is its kernels' and not only their launch."""
@@ -29,9 +34,11 @@ def time_side_by_side(
             for function in functions.values():
                 function()
         times: dict[str, list[float]] = {name: [] for name in functions}
-        turn = list(functions.items())
+        order, shuffle = list(functions.items()), random.Random(0).shuffle
         for run in range(runs):
-            for name, function in turn if run % 2 == 0 else reversed(turn):
+            if run % 2 == 0 and len(order) > 2:
+                shuffle(order)
+            for name, function in order if run % 2 == 0 else reversed(order):
                 synchronize()
                 start = time.perf_counter()
                 function()
