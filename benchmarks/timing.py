@@ -62,7 +62,8 @@ def interleaved(
     functions: dict[str, Callable[[], Any]], runs: int, warmup: int = 1
 ) -> dict[str, Stats]:
     """Each function called once per turn, ``runs`` turns after ``warmup`` untimed ones (under
-    no_grad; CUDA synchronized around each call where it is in use)."""
+    no_grad; CUDA synchronized around each call where it is in use), the order shuffled every
+    other turn and reversed in between (``time_side_by_side(shuffle=True)``)."""
     from groupsparse.timing import time_side_by_side
 
     samples: dict[str, list[float]] = {name: [] for name in functions}
@@ -90,7 +91,10 @@ def interleaved(
         return call
 
     time_side_by_side(
-        {name: recorded(name, synchronized(f)) for name, f in functions.items()}, runs, warmup
+        {name: recorded(name, synchronized(f)) for name, f in functions.items()},
+        runs,
+        warmup,
+        shuffle=True,  # no variant always runs right after the same one
     )
     return {name: Stats.from_ms(values[warmup:]) for name, values in samples.items()}
 

@@ -16,15 +16,17 @@ __all__ = ["capture_cuda_graph", "time_graphs_side_by_side", "time_side_by_side"
 
 
 def time_side_by_side(
-    functions: dict[str, Callable[[], object]], runs: int, warmup: int = 3
+    functions: dict[str, Callable[[], object]], runs: int, warmup: int = 3, *, shuffle: bool = False
 ) -> dict[str, float]:
     """Median milliseconds of each function, timed in turns (A, B, B, A, A, B, ...: the order
     reversed every other turn, so that neither always runs first, right after the other) so
-    that drift in the machine's speed falls on all of them alike. With three or more, each pair
-    of turns takes a new order (shuffled from a fixed seed) and then its reverse, so that no
-    function always runs right after the same one: one that follows a large dense layer finds
-    its weights evicted from the cache, and a fixed order gave the same kernel 10-30% apart
-    depending on its place (python -m benchmarks layers, 90% rows, 2 threads, AMD EPYC).
+    that drift in the machine's speed falls on all of them alike. With ``shuffle`` (the
+    benchmarks' A/B of many variants), each pair of turns takes a new order (shuffled from a
+    fixed seed) and then its reverse, so that no function always runs right after the same
+    one: one that follows a large dense layer finds the cache and the threads colder, and in a
+    fixed order the same kernel measured 10-35% apart by its place (python -m benchmarks
+    layers, 90% rows, 2 threads, AMD EPYC). The compiler's per-layer timing keeps the fixed
+    order.
 
     Where CUDA is in use, each call is timed from an idle GPU to an idle GPU (synchronized
     before and after), so that a function's time is its kernels' and not only their launch."""
@@ -34,10 +36,10 @@ def time_side_by_side(
             for function in functions.values():
                 function()
         times: dict[str, list[float]] = {name: [] for name in functions}
-        order, shuffle = list(functions.items()), random.Random(0).shuffle
+        order, reorder = list(functions.items()), random.Random(0).shuffle
         for run in range(runs):
-            if run % 2 == 0 and len(order) > 2:
-                shuffle(order)
+            if shuffle and run % 2 == 0:
+                reorder(order)
             for name, function in order if run % 2 == 0 else reversed(order):
                 synchronize()
                 start = time.perf_counter()
