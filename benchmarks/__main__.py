@@ -1,5 +1,6 @@
 """``python -m benchmarks <suite> [options]``; ``python -m benchmarks index``; ``python -m benchmarks report``;
-``python -m benchmarks backfill SUITE TOOL FILE...``. ``python -m benchmarks <suite> --help``
+``python -m benchmarks backfill SUITE TOOL FILE...``;
+``python -m benchmarks vs_inductor GPU_RESULT.json...``. ``python -m benchmarks <suite> --help``
 for a suite's options."""
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ USAGE = f"""usage: python -m benchmarks SUITE [options]     (SUITE: {", ".join(S
        python -m benchmarks report                docs/results.md from the newest runs
        python -m benchmarks backfill SUITE TOOL FILE...
                                                   give legacy result files their provenance
+       python -m benchmarks vs_inductor GPU_RESULT.json...
+                                                  issue 20's vs_inductor.json from gpu runs
 
 Run from the repository root. Results go to benchmarks/results/<machine>/<suite>/ (--quick:
 out/benchmarks/...). See benchmarks/README.md."""
@@ -51,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             done = backfill(Path(name), suite, tool)
             print(("backfilled" if done else "has a provenance already:"), name)
         return 0
+    if command == "vs_inductor":
+        from .vs_inductor import main as vs_inductor
+
+        return vs_inductor(rest)
     print(f"benchmarks: unknown suite or command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

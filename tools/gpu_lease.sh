@@ -19,6 +19,8 @@
 #
 # Results come back as $OUT/layers/*.json and $OUT/gpu/*.json (with their .md): copy them to
 # benchmarks/results/<gpu>/<suite>/ in the checkout and run `python -m benchmarks index`.
+# Then `python -m benchmarks vs_inductor benchmarks/results/<gpu>/gpu/<file>.json` writes issue
+# 20's vs_inductor.json beside it (rows against Inductor, per-layer TFLOP/s, 2:4): commit both.
 # Needs the wheels the machine lacks in .whl/ and `carry: [".whl"]` in the device call:
 #
 #   echo /.whl/ >> .git/info/exclude
