@@ -45,13 +45,18 @@ def _ms(record: dict[str, Any] | None) -> float | None:
     return record.get("median_ms")
 
 
-def _rows(data: dict[str, Any]) -> list[dict[str, Any]]:
-    settings = data["settings"]
-    by = {
+def _by_variant(data: dict[str, Any]) -> dict[tuple[str, str, float | None], dict[str, Any]]:
+    """The end-to-end records, by (model, variant, sparsity); the per-layer ones left out."""
+    return {
         (r["model"], r["variant"], r.get("sparsity")): r
         for r in data["records"]
         if r.get("variant") != "layers"
     }
+
+
+def _rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    settings = data["settings"]
+    by = _by_variant(data)
     rows = []
     for (model, variant, sparsity), record in by.items():
         ours = _ms(record)
@@ -105,7 +110,7 @@ def _kernels(data: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _two_four(data: dict[str, Any]) -> list[dict[str, Any]]:
-    by = {(r["model"], r["variant"], r.get("sparsity")): r for r in data["records"]}
+    by = _by_variant(data)
     pairs = []
     for (model, variant, _), record in by.items():
         if variant != "2:4" or _ms(record) is None:

@@ -24,9 +24,9 @@ def time_side_by_side(
     benchmarks' A/B of many variants), each pair of turns takes a new order (shuffled from a
     fixed seed) and then its reverse, so that no function always runs right after the same
     one: one that follows a large dense layer finds the cache and the threads colder, and in a
-    fixed order the same kernel measured 10-35% apart by its place (python -m benchmarks
-    layers, 90% rows, 2 threads, AMD EPYC). The compiler's per-layer timing keeps the fixed
-    order.
+    fixed order the same kernel measured up to 34% apart by its place (python -m benchmarks
+    layers at 1bd8252, 90% rows: compiled / kernel:grouped 1.00-1.34, 2 threads, AMD EPYC
+    AVX-512). The compiler's per-layer timing keeps the fixed order.
 
     Where CUDA is in use, each call is timed from an idle GPU to an idle GPU (synchronized
     before and after), so that a function's time is its kernels' and not only their launch."""
