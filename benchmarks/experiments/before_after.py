@@ -29,6 +29,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..checks import relative_error
 from ..provenance import REPO
 from ..results import ResultFile, markdown_table
 from ..timing import Stats
@@ -48,7 +51,10 @@ class Worker:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            env={"PYTHONPATH": str(tree), **_environment()},
+            env={
+                **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                "PYTHONPATH": str(tree),
+            },
         )
 
     def ask(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -66,10 +72,6 @@ class Worker:
             self.process.stdin.write(json.dumps({"quit": True}) + "\n")
             self.process.stdin.close()
             self.process.wait()
-
-
-def _environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _tree(rev: str, scratch: Path) -> tuple[Path, str]:
@@ -91,8 +93,8 @@ def _tree(rev: str, scratch: Path) -> tuple[Path, str]:
 
 
 def _relative_difference(a: list[float], b: list[float]) -> float:
-    scale = max(sum(v * v for v in a) ** 0.5, 1e-30)
-    return sum((x - y) ** 2 for x, y in zip(a, b, strict=True)) ** 0.5 / scale
+    """The harness's relative error (``checks.relative_error``) of b against a."""
+    return relative_error(torch.tensor(b), torch.tensor(a))
 
 
 def main(argv: list[str] | None = None) -> int:
