@@ -8,7 +8,9 @@ noise).
 Each REV (a commit, or ``.`` for the working tree) is extracted with ``git archive`` into a
 temporary folder and gets its own worker process (``before_after_child.py``), which imports
 that tree's groupsparse (its C++ kernels are built on first use and cached by their sources),
-builds each model from seed 0, prunes it group-wise and compiles it with ``compile_sparse``'s
+builds each model from seed 0 (a registered model name, or one layer: ``conv:512,14`` is a
+3x3 "same" conv of 512 channels on a 14x14 image, ``linear:768,768,128`` a linear on 128
+tokens), prunes it group-wise and compiles it with ``compile_sparse``'s
 defaults. The workers stay alive and take turns: each round, every worker times a block of
 ``--calls`` calls while the others wait, the order reversed every other round, so that drift
 in the machine's speed falls on all alike. The workers' first outputs must agree (relative

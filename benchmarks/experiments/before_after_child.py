@@ -3,7 +3,8 @@ tree, so that ``import groupsparse`` is that tree's. It reads one JSON request a
 stdin and answers each with one line ``@@ <json>`` on stdout (anything else a library prints
 there is ignored by the parent):
 
-- ``{"model", "sparsity", "group_size", "threads"}``: build the model (seed 0), prune it
+- ``{"model", "sparsity", "group_size", "threads"}``: build the model (seed 0; a model name,
+  or one layer: ``conv:C,S``, ``linear:IN,OUT,TOKENS``), prune it
   group-wise (magnitude, one shot), ``compile_sparse`` it as a user would; answers how many
   layers were rewritten and the first outputs, so the parent can check both trees agree;
 - ``{"time": N}``: N calls of the compiled model, one clock each; answers their ms;
@@ -24,6 +25,21 @@ import groupsparse as gs
 from groupsparse.models import build_model
 
 
+def build(name):
+    """A registered model, or one layer: "conv:C,S" (a 3x3 "same" conv, C channels, S x S
+    image) or "linear:IN,OUT,TOKENS"."""
+    kind, _, sizes = name.partition(":")
+    if kind == "conv":
+        channels, size = map(int, sizes.split(","))
+        layer = torch.nn.Conv2d(channels, channels, 3, padding=1)
+        return torch.nn.Sequential(layer).eval(), (torch.randn(1, channels, size, size),)
+    if kind == "linear":
+        features, out, tokens = map(int, sizes.split(","))
+        layer = torch.nn.Linear(features, out)
+        return torch.nn.Sequential(layer).eval(), (torch.randn(tokens, features),)
+    return build_model(name)
+
+
 def answer(payload):
     print("@@ " + json.dumps(payload), flush=True)
 
@@ -36,7 +52,7 @@ for line in sys.stdin:
     if "model" in request:
         torch.set_num_threads(request["threads"])
         torch.manual_seed(0)
-        model, inputs = build_model(request["model"])
+        model, inputs = build(request["model"])
         pruned = copy.deepcopy(model).eval()
         gs.prune(pruned, "group", request["sparsity"], group_size=request["group_size"])
         start = time.perf_counter()

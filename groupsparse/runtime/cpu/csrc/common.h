@@ -7,7 +7,10 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -241,6 +244,23 @@ struct Scratch {
     return reinterpret_cast<T*>((address + 63) & ~std::uintptr_t(63));
   }
 };
+
+// f(item) for each item in [0, count), on torch's thread pool, each thread claiming the next
+// unclaimed item until none is left (instead of a fixed share each): a thread that starts late
+// (woken from sleep, or descheduled) takes fewer items rather than making the others wait.
+// done() runs once on each thread that ran items (brgemm_done).
+template <typename F, typename Done>
+void parallel_items(int64_t count, F&& f, Done&& done) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t item = next.fetch_add(1, std::memory_order_relaxed); item < count;
+         item = next.fetch_add(1, std::memory_order_relaxed)) {
+      f(item);
+    }
+    done();
+  });
+}
 
 // Whether brgemm runs dtype on this CPU (oneDNN generates a kernel for it): probed once.
 bool brgemm_supported(at::ScalarType dtype);

@@ -62,21 +62,18 @@ struct ConvCall {
   }
 
   // f(group, image, first, n, m) for each work item (image, tile [first, first + n) of a grid
-  // of `extent` pixels cut into tiles of `tile`, group), in parallel, groups innermost so that
+  // of `extent` pixels cut into tiles of `tile`, group), in parallel (parallel_items), groups innermost so that
   // a tile's input stays in cache; m is the group's rows inside the output (a group of
   // padding rows only is skipped)
   template <typename F>
   void for_each_item(int64_t extent, int64_t tile, F&& f) const {
     const int64_t tiles = ceil_div(extent, tile);
-    at::parallel_for(0, batch * tiles * groups, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t group = item % groups, image = item / (groups * tiles);
-        const int64_t first = (item / groups) % tiles * tile;
-        const int64_t m = std::min(rows, out_channels - group * rows);
-        if (m > 0) f(group, image, first, std::min(tile, extent - first), m);
-      }
-      brgemm_done<T>();
-    });
+    parallel_items(batch * tiles * groups, [&](int64_t item) {
+      const int64_t group = item % groups, image = item / (groups * tiles);
+      const int64_t first = (item / groups) % tiles * tile;
+      const int64_t m = std::min(rows, out_channels - group * rows);
+      if (m > 0) f(group, image, first, std::min(tile, extent - first), m);
+    }, brgemm_done<T>);
   }
 };
 

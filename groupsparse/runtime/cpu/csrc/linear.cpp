@@ -91,23 +91,21 @@ void run_streams(const LinearCall<T>& call) {
   const T *x = call.x, *weight = call.weight, *bias = call.bias;
   const int64_t* columns = call.columns;
   T* out = call.out;
-  at::parallel_for(0, groups, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(groups, [&](int64_t group) {
+    const int64_t m = std::min(rows, out_features - group * rows);
+    if (m <= 0) return;
     thread_local Scratch x_scratch, c_scratch;
     float* xs = x_scratch.get<float>(Tokens * padded);
     float* c = c_scratch.get<float>(Tokens * rows);
-    for (int64_t group = begin; group < end; ++group) {
-      const int64_t m = std::min(rows, out_features - group * rows);
-      if (m <= 0) continue;
-      const int64_t* group_columns = columns + group * kept;
-      for (int64_t t = 0; t < Tokens; ++t) {
-        for (int64_t j = 0; j < kept; ++j) xs[t * padded + j] = widen(x[t * features + group_columns[j]]);
-        for (int64_t j = kept; j < padded; ++j) xs[t * padded + j] = 0.f;
-      }
-      stream<Tokens>(weight + group * padded * rows, kept, rows, m, xs, c);
-      store(c, m, out + group * rows, out_features, Tokens, m, static_cast<const T*>(nullptr),
-            bias ? bias + group * rows : nullptr, static_cast<const T*>(nullptr), call.relu);
+    const int64_t* group_columns = columns + group * kept;
+    for (int64_t t = 0; t < Tokens; ++t) {
+      for (int64_t j = 0; j < kept; ++j) xs[t * padded + j] = widen(x[t * features + group_columns[j]]);
+      for (int64_t j = kept; j < padded; ++j) xs[t * padded + j] = 0.f;
     }
-  });
+    stream<Tokens>(weight + group * padded * rows, kept, rows, m, xs, c);
+    store(c, m, out + group * rows, out_features, Tokens, m, static_cast<const T*>(nullptr),
+          bias ? bias + group * rows : nullptr, static_cast<const T*>(nullptr), call.relu);
+  }, [] {});
 }
 
 // to[j] = token[columns[j]] for j < kept: one token's kept features into a panel row (a clone
@@ -141,32 +139,29 @@ void run(const LinearArgs& args) {
   }
   const int64_t tiles = ceil_div(tokens, kTileTokens);
   const int64_t tile = ceil_div(tokens, tiles);  // balanced tiles
-  at::parallel_for(0, tiles * groups, 1, [&](int64_t begin, int64_t end) {
+  parallel_items(tiles * groups, [&](int64_t item) {
+    const int64_t group = item % groups, first = item / groups * tile;
+    const int64_t n = std::min(tile, tokens - first);
+    const int64_t m = std::min(rows, out_features - group * rows);
+    if (m <= 0) return;
     thread_local Scratch panel_scratch, c_scratch;
     T* panel = panel_scratch.get<T>(tile * padded);
     float* scratch = c_scratch.get<float>(tile * rows);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t group = item % groups, first = item / groups * tile;
-      const int64_t n = std::min(tile, tokens - first);
-      const int64_t m = std::min(rows, out_features - group * rows);
-      if (m <= 0) continue;
-      const int64_t* group_columns = columns + group * kept;
-      for (int64_t t = 0; t < n; ++t) {
-        const T* token = x + (first + t) * features;
-        T* to = panel + t * padded;
-        gather_token(token, group_columns, kept, to);
-        for (int64_t j = kept; j < padded; ++j) to[j] = T(0);  // against a zero weight row
-      }
-      T* target = out + first * out_features + group * rows;
-      // float writes the product straight into the output; others through a float tile
-      float* c = std::is_same_v<T, float> ? reinterpret_cast<float*>(target) : scratch;
-      const int64_t ldc = std::is_same_v<T, float> ? out_features : m;
-      brgemm(n, m, padded, padded, rows, ldc, panel, weight + group * padded * rows, c);
-      store(c, ldc, target, out_features, n, m, static_cast<const T*>(nullptr),
-            bias ? bias + group * rows : nullptr, static_cast<const T*>(nullptr), call.relu);
+    const int64_t* group_columns = columns + group * kept;
+    for (int64_t t = 0; t < n; ++t) {
+      const T* token = x + (first + t) * features;
+      T* to = panel + t * padded;
+      gather_token(token, group_columns, kept, to);
+      for (int64_t j = kept; j < padded; ++j) to[j] = T(0);  // against a zero weight row
     }
-    brgemm_done<T>();
-  });
+    T* target = out + first * out_features + group * rows;
+    // float writes the product straight into the output; others through a float tile
+    float* c = std::is_same_v<T, float> ? reinterpret_cast<float*>(target) : scratch;
+    const int64_t ldc = std::is_same_v<T, float> ? out_features : m;
+    brgemm(n, m, padded, padded, rows, ldc, panel, weight + group * padded * rows, c);
+    store(c, ldc, target, out_features, n, m, static_cast<const T*>(nullptr),
+          bias ? bias + group * rows : nullptr, static_cast<const T*>(nullptr), call.relu);
+  }, brgemm_done<T>);
 }
 
 template <typename T>
