@@ -6,13 +6,18 @@ finds the machine in rather than the kernel.
     python -m benchmarks.experiments.cold_layer [--conv 512,14 | --linear 768,768,128]
         [--sparsity 0.9] [--threads 2] [--runs 40]
 
-Each condition: ``--runs`` calls, each preceded by its "before" step (untimed), median ms.
+Each condition: ``--runs`` calls, each preceded by its "before" step (untimed), median ms and
+the median count of minor page faults the process took during the call (fresh pages of a
+newly allocated output: glibc hands memory back to the system after a large free, e.g. the
+dense layer's, so the next allocation faults again; ``MALLOC_TRIM_THRESHOLD_`` and
+``MALLOC_MMAP_THRESHOLD_`` set high keep it, as jemalloc or tcmalloc would).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -23,15 +28,24 @@ from torch import nn
 import groupsparse as gs
 
 
-def _median_ms(call: Callable[[], object], runs: int, before: Callable[[], object] | None) -> float:
-    samples = []
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _median_ms(
+    call: Callable[[], object], runs: int, before: Callable[[], object] | None
+) -> tuple[float, float]:
+    """Median ms of ``call`` and median minor page faults the process took during it."""
+    samples, faults = [], []
     for _ in range(runs):
         if before is not None:
             before()
+        first = _minor_faults()
         start = time.perf_counter()
         call()
         samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+        faults.append(_minor_faults() - first)
+    return statistics.median(samples), statistics.median(faults)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         for _ in range(5):
             grouped(x), dense(x), torch_ops(x)
-        dense_ms = _median_ms(lambda: dense(x), args.runs, None)
-        print(f"  dense layer, warm: {dense_ms:.3f}")
+        dense_ms, faults = _median_ms(lambda: dense(x), args.runs, None)
+        print(f"  dense layer, warm: {dense_ms:.3f} ({faults:.0f} page faults)")
         for condition, before in befores.items():
-            ms = _median_ms(lambda: grouped(x), args.runs, before)
-            print(f"  grouped kernel, {condition}: {ms:.3f} ({dense_ms / ms:.2f}x the warm dense)")
+            ms, faults = _median_ms(lambda: grouped(x), args.runs, before)
+            print(f"  grouped kernel, {condition}: {ms:.3f} ({dense_ms / ms:.2f}x the warm dense; "
+                  f"{faults:.0f} page faults)")  # fmt: skip
     return 0
 
 

@@ -28,9 +28,16 @@ def loop_conv2d(
     for group in range(groups):
         gathered = gather_conv_columns(x, columns[group], geometry)  # (B, k, OH, OW)
         batch, kept, out_h, out_w = gathered.shape
-        part = torch.matmul(weight[group], gathered.reshape(batch, kept, out_h * out_w))
-        if bias is not None:
-            part = part + bias[group * group_rows : (group + 1) * group_rows, None]
+        columns_matrix = gathered.reshape(batch, kept, out_h * out_w)
+        if bias is None:
+            part = torch.matmul(weight[group], columns_matrix)
+        else:  # the bias inside the GEMM: one rounding in 16-bit types, as eager's conv has
+            group_bias = bias[group * group_rows : (group + 1) * group_rows, None]
+            part = torch.baddbmm(
+                group_bias.expand(batch, group_rows, out_h * out_w),
+                weight[group].expand(batch, group_rows, kept),
+                columns_matrix,
+            )
         outputs.append(part.view(batch, group_rows, out_h, out_w))
     out = torch.cat(outputs, dim=1)
     if residual is not None:
@@ -45,9 +52,12 @@ def loop_linear(x: torch.Tensor, layer: SparseWeights, relu: bool = False) -> to
     tokens = x.reshape(-1, x.shape[-1])
     outputs = []
     for group in range(groups):
-        part = tokens[:, columns[group]] @ weight[group].t()
-        if bias is not None:
-            part = part + bias[group * group_rows : (group + 1) * group_rows]
+        gathered = tokens[:, columns[group]]
+        if bias is None:
+            part = gathered @ weight[group].t()
+        else:  # the bias inside the GEMM (one rounding in 16-bit types), as F.linear's addmm
+            group_bias = bias[group * group_rows : (group + 1) * group_rows]
+            part = torch.addmm(group_bias, gathered, weight[group].t())
         outputs.append(part)
     out = torch.cat(outputs, dim=1)
     return (out.relu_() if relu else out).view(*x.shape[:-1], groups * group_rows)
